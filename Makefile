@@ -1,0 +1,61 @@
+# The project's front door. `make demo` and `make test` set everything up themselves on a fresh clone.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+TRITON_HOME ?= .cache/tritonserver
+REPOSITORY  ?= model_repository
+CHECKPOINT  ?= models/mnist/ema.safetensors
+DATA_DIR    ?= ../shared/data/mnist
+HTTP_PORT   ?= 8000
+GRPC_PORT   ?= 8001
+METRICS_PORT?= 8002
+DEVICE      ?= cpu
+EXPORT_ARGS ?= --formats onnx,torchscript --precisions fp32,int8
+PYTEST_ARGS ?=
+
+SOURCES := $(shell find src export client/ddpm_client -name '*.py')
+STAMP_VENV := $(VENV)/.installed
+STAMP_SERVER := $(TRITON_HOME)/.installed
+STAMP_REPOSITORY := $(REPOSITORY)/.exported
+
+.PHONY: help venv server repository serve demo test clean
+
+help:
+	@echo "make demo        set up, serve the shipped model, write demo.png"
+	@echo "make test        set up, run every test (real tritonserver, real perf_analyzer)"
+	@echo "make serve       run tritonserver on $(REPOSITORY) (HTTP_PORT, GRPC_PORT, METRICS_PORT, DEVICE=cpu|gpu)"
+	@echo "make repository  export $(CHECKPOINT) into $(REPOSITORY)"
+
+venv: $(STAMP_VENV)
+$(STAMP_VENV): pyproject.toml client/pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ./client -e '.[dev]'
+	touch $@
+
+server: $(STAMP_SERVER)
+$(STAMP_SERVER): | $(STAMP_VENV)
+	$(PY) -m ddpm_triton install-server --home $(TRITON_HOME)
+	touch $@
+
+repository: $(STAMP_REPOSITORY)
+$(STAMP_REPOSITORY): $(CHECKPOINT) $(SOURCES) | $(STAMP_VENV)
+	$(PY) -m ddpm_triton export --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --data-dir $(DATA_DIR) $(EXPORT_ARGS)
+	touch $@
+
+serve: $(STAMP_VENV) $(STAMP_SERVER) $(STAMP_REPOSITORY)
+	$(PY) -m ddpm_triton serve --repository $(REPOSITORY) --device $(DEVICE) \
+		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+demo: $(STAMP_VENV) $(STAMP_SERVER) $(STAMP_REPOSITORY)
+	$(PY) -m ddpm_triton demo --repository $(REPOSITORY) --out demo.png \
+		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+test: $(STAMP_VENV) $(STAMP_SERVER) $(STAMP_REPOSITORY)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .cache $(STAMP_REPOSITORY) $(REPOSITORY)/*/1/model.{onnx,pt,plan}

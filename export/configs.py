@@ -1,0 +1,141 @@
+"""Triton model configs for the three places a repository is served from, built from one description.
+
+- `config.pbtxt`: the pip-installed server (only the Python backend), instances on the CPU;
+- `configs/gpu.pbtxt`: the same server with instances on a GPU (`--model-config-name gpu`);
+- `configs/container.pbtxt`: NVIDIA's tritonserver image, U-Nets on the native backends
+  (`--model-config-name container`).
+
+Every target serves the same `ddpm` contract and the same U-Net artifacts; only the backend and
+the device differ, so one export serves all three.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ddpm_client import contract
+
+from ddpm_triton import artifacts
+from ddpm_triton.artifacts import Variant
+from ddpm_triton.config import ModelConfig
+
+from .pbtxt import Enum, parameters
+
+TARGETS = {"cpu": "config.pbtxt", "gpu": "configs/gpu.pbtxt", "container": "configs/container.pbtxt"}
+
+# The U-Net `ddpm` calls on each target unless told otherwise: the fastest that was exported.
+UNET_PREFERENCE = {
+    "cpu": ("unet_onnx_fp32", "unet_torchscript_fp32", "unet_onnx_int8"),
+    "gpu": ("unet_torchscript_fp16", "unet_torchscript_fp32", "unet_tensorrt_fp16", "unet_onnx_fp32"),
+    "container": (
+        "unet_tensorrt_fp16",
+        "unet_tensorrt_int8",
+        "unet_tensorrt_fp32",
+        "unet_onnx_fp16",
+        "unet_onnx_fp32",
+        "unet_torchscript_fp32",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    max_batch_size: int = 16
+    """Images per `ddpm` batch; U-Nets take twice as many (guidance doubles the batch)."""
+    default_steps: int = 50
+    default_sampler: str = "ddim"
+    default_eta: float = 0.0
+    default_guidance_scale: float = 2.0
+    unet: str | None = None
+    """The U-Net `ddpm` calls on every target; None picks by UNET_PREFERENCE."""
+    ddpm_queue_delay_us: int = 2000
+    unet_queue_delay_us: int = 500
+
+
+def _kind(target: str) -> Enum:
+    return Enum("KIND_CPU" if target == "cpu" else "KIND_GPU")
+
+
+def choose_unet(target: str, variants: list[Variant], options: ServingOptions) -> str:
+    names = [v.model_name for v in variants]
+    if options.unet is not None:
+        if options.unet not in names:
+            raise ValueError(f"--unet {options.unet} is not among the exported U-Nets: {', '.join(names)}")
+        return options.unet
+    for name in UNET_PREFERENCE[target]:
+        if name in names:
+            return name
+    return names[0]
+
+
+def unet_output_name(variant: Variant, target: str) -> str:
+    """LibTorch names outputs by position (<name>__<index>); every other backend keeps EPS."""
+    return artifacts.OUTPUT_EPS + ("__0" if target == "container" and variant.format == "torchscript" else "")
+
+
+def ddpm_config(model: ModelConfig, unet: str, options: ServingOptions, target: str) -> dict[str, Any]:
+    u = model.unet
+    image = contract.IMAGE
+    inputs = [
+        {"name": s.name, "data_type": Enum(s.config_type), "dims": list(s.dims), **({"optional": True} if s.optional else {})}
+        for s in contract.INPUTS
+    ]
+    return {
+        "name": contract.MODEL_NAME,
+        "backend": "python",
+        "max_batch_size": options.max_batch_size,
+        "input": inputs,
+        "output": [{"name": image.name, "data_type": Enum(image.config_type), "dims": [u.image_size, u.image_size, u.in_channels]}],
+        "dynamic_batching": {"max_queue_delay_microseconds": options.ddpm_queue_delay_us},
+        "instance_group": [{"count": 1, "kind": _kind(target)}],
+        "parameters": parameters(
+            {
+                "unet_model": unet,
+                "unet_output": unet_output_name(Variant.from_model_name(unet), target),
+                "timesteps": str(model.diffusion.timesteps),
+                "schedule": model.diffusion.schedule,
+                "image_size": str(u.image_size),
+                "channels": str(u.in_channels),
+                "num_classes": str(u.num_classes),
+                "default_steps": str(options.default_steps),
+                "default_sampler": options.default_sampler,
+                "default_eta": str(options.default_eta),
+                "default_guidance_scale": str(options.default_guidance_scale if u.conditional else 1.0),
+            }
+        ),
+    }
+
+
+def unet_config(model: ModelConfig, variant: Variant, options: ServingOptions, target: str) -> dict[str, Any]:
+    u = model.unet
+    image_dims = [u.in_channels, u.image_size, u.image_size]
+    per_sample = {"dims": [1], "reshape": {"shape": []}}
+    inputs = [
+        {"name": artifacts.INPUT_X, "data_type": Enum("TYPE_FP32"), "dims": image_dims},
+        {"name": artifacts.INPUT_T, "data_type": Enum("TYPE_FP32"), **per_sample},
+    ]
+    if u.conditional:
+        inputs.append({"name": artifacts.INPUT_LABEL, "data_type": Enum("TYPE_INT32"), **per_sample})
+    config: dict[str, Any] = {"name": variant.model_name}
+    if target == "container":
+        config.update(platform=artifacts.NATIVE_PLATFORMS[variant.format], default_model_filename=variant.filename)
+    else:
+        # The Python backend takes default_model_filename as its .py file; the artifact goes in a parameter.
+        config["backend"] = "python"
+    config.update(
+        {
+            "max_batch_size": 2 * options.max_batch_size,
+            "input": inputs,
+            "output": [{"name": unet_output_name(variant, target), "data_type": Enum("TYPE_FP32"), "dims": image_dims}],
+            "dynamic_batching": {"max_queue_delay_microseconds": options.unet_queue_delay_us},
+            "instance_group": [{"count": 1, "kind": _kind(target)}],
+        }
+    )
+    if target != "container":
+        python_parameters = {"artifact": variant.filename}
+        if target == "gpu":
+            # Keep BLS tensors from `ddpm` on the GPU instead of staging them through host memory.
+            python_parameters["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
+        config["parameters"] = parameters(python_parameters)
+    return config

@@ -1,0 +1,50 @@
+"""ONNX artifacts: what onnxruntime and Triton's ONNX Runtime backend run, and TensorRT's input.
+
+Exported with torch.onnx's dynamo exporter (`torch.export` underneath). In torch 2.13 the legacy
+TorchScript-based exporter still works and is about 15x faster to run, but it is deprecated, and
+its graph is roughly twice as many nodes (unfolded constants, Identity and Sqrt/Div chains); the
+dynamo exporter's graph is constant-folded by onnxscript's optimizer, which keeps the QDQ model
+that int8 quantization makes from it, and TensorRT's parse of either, simpler.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import torch
+
+from ddpm_triton.artifacts import INPUT_LABEL, INPUT_T, INPUT_X, OUTPUT_EPS
+from ddpm_triton.unet import UNet
+
+from .interface import PrecisionWrapper, example_inputs
+
+MIN_OPSET = 17
+"""LayerNormalization and the Resize modes the U-Net needs are stable from opset 17 on."""
+
+
+def export_onnx(model: UNet, path: Path, precision: str, opset: int = 18) -> Path:
+    """Write `model` as one self-contained ONNX file with a dynamic batch dimension."""
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} is too old for this exporter; use {MIN_OPSET} or newer")
+    wrapper = PrecisionWrapper(model, precision)
+    inputs = example_inputs(model)
+    names = [INPUT_X, INPUT_T, INPUT_LABEL][: len(inputs)]
+    # Name the batch axis once: the other inputs share its symbol, and naming it again only warns.
+    batch = [{0: torch.export.Dim("batch", min=1)}] + [{0: torch.export.Dim.DYNAMIC}] * (len(inputs) - 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        wrapper,
+        inputs,
+        str(path),
+        input_names=names,
+        output_names=[OUTPUT_EPS],
+        opset_version=opset,
+        dynamo=True,
+        dynamic_shapes=tuple(batch),
+        external_data=False,
+        optimize=True,
+        verbose=False,
+    )
+    onnx.checker.check_model(str(path), full_check=True)
+    return path

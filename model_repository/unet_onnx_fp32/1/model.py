@@ -1,0 +1,3 @@
+"""Triton Python-backend entry point; the model is ddpm_triton.serving.unet_model.TritonPythonModel."""
+
+from ddpm_triton.serving.unet_model import TritonPythonModel  # noqa: F401

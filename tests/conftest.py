@@ -1,0 +1,55 @@
+"""Shared fixtures: the MNIST data beside the checkout, and tiny models that train in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm_triton.config import preset
+from ddpm_triton.unet import UNet
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+SHIPPED_CHECKPOINT = ROOT / "models" / "mnist" / "ema.safetensors"
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    if not MNIST_DIR.is_dir():
+        pytest.fail(f"the MNIST test set is expected at {MNIST_DIR} (../shared/data/mnist beside the checkout)")
+    return MNIST_DIR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _two_threads() -> None:
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny_unet() -> UNet:
+    torch.manual_seed(0)
+    return UNet(preset("tiny").unet).eval()
+
+
+REPOSITORY = ROOT / "model_repository"
+TRITON_HOME = ROOT / ".cache" / "tritonserver"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """The real tritonserver on the project's model repository (as `make serve` runs it), on free ports."""
+    from ddpm_triton.tritonserver import ServerFiles, TritonServer, free_port
+
+    if not (REPOSITORY / ".exported").is_file():
+        pytest.fail(f"{REPOSITORY} has no exported artifacts: run `make repository` (make test does)")
+    files = ServerFiles(TRITON_HOME)
+    if not files.installed():
+        pytest.fail(f"no Triton server in {TRITON_HOME}: run `make server` (make test does)")
+    log = tmp_path_factory.mktemp("triton") / "server.log"
+    instance = TritonServer(
+        REPOSITORY, files, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_path=log
+    )
+    with instance:
+        yield instance
