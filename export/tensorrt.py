@@ -55,7 +55,9 @@ def build_engine(onnx_path: Path, plan_path: Path, precision: str, max_batch_siz
         raise ValueError(f"need 1 <= opt_batch_size ({opt_batch_size}) <= max_batch_size ({max_batch_size})")
     found = _onnx_precision(onnx_path)
     if found != precision:
-        raise ValueError(f"{onnx_path} is a {found} model; a {precision} engine must be built from the {precision} ONNX")
+        raise ValueError(
+            f"{onnx_path} is a {found} model; a {precision} engine must be built from the {precision} ONNX"
+        )
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

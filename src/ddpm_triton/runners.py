@@ -127,7 +127,8 @@ class TensorRTRunner(UNetRunner):
             self.context.set_tensor_address(name, tensor.data_ptr())
         self.context.set_tensor_address(OUTPUT_EPS, eps.data_ptr())
         if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
-            raise RuntimeError(f"TensorRT failed to run {self.path} on inputs {[tuple(v.shape) for v in inputs.values()]}")
+            shapes = {name: tuple(tensor.shape) for name, tensor in inputs.items()}
+            raise RuntimeError(f"TensorRT failed to run {self.path} on inputs of shapes {shapes}")
         return eps
 
 
