@@ -1,5 +1,7 @@
 """Export: every artifact format and precision against the PyTorch U-Net it came from.
 
+Calibration reads the real MNIST test set through conftest's `mnist_dir` (../shared/data/mnist).
+
 The U-Nets here get fresh random weights in every layer: a new U-Net's output convolution starts at
 zero, which would make every comparison trivially exact.
 """
@@ -27,8 +29,6 @@ from ddpm_triton.export.torchscript import export_torchscript
 from ddpm_triton.export.verify import parity
 from ddpm_triton.runners import load_runner
 from ddpm_triton.unet import UNet
-
-MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
 FP32_BOUND = 1e-4  # the same float32 arithmetic, reordered
 CROSS_FORMAT_BOUND = 1e-3  # two independent runtimes, each within FP32_BOUND of PyTorch
@@ -116,9 +116,7 @@ def test_onnx_interface(name: str, exported: Callable[[str], Exported]) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_torchscript_and_onnx_agree_when_loaded_independently(
-    name: str, exported: Callable[[str], Exported]
-) -> None:
+def test_torchscript_and_onnx_agree_when_loaded_independently(name: str, exported: Callable[[str], Exported]) -> None:
     art = exported(name)
     feed = batch(art.config, 5)
     with torch.inference_mode():
@@ -155,13 +153,6 @@ def test_int8_rejected_by_the_traced_writers(tmp_path: Path) -> None:
 
 
 # ---- int8 -------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def mnist_dir() -> Path:
-    if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the MNIST test set is not at {MNIST_DIR}")
-    return MNIST_DIR
 
 
 def test_calibration_inputs_are_noised_real_images(mnist_dir: Path) -> None:

@@ -160,7 +160,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """Start the server, draw every class through the client library, write one labelled PNG, stop."""
-    from ddpm_client import DDPMClient
+    import asyncio
+
+    from ddpm_client import AsyncDDPMClient
     from ddpm_client.images import save_grid
 
     from .tritonserver import ServerFiles, TritonServer, install
@@ -173,13 +175,22 @@ def cmd_demo(args: argparse.Namespace) -> None:
         metrics_port=args.metrics_port,
         log_path=args.log,
     )
+
+    async def draw() -> tuple[list[int], object]:
+        # The async client sends its batches at once, so the server merges their U-Net steps.
+        async with AsyncDDPMClient(server.grpc_url) as client:
+            info = await client.model_info()
+            classes = list(range(info.num_classes)) if info.num_classes else [-1]
+            labels = [c for c in classes for _ in range(args.per_class)]
+            print(f"server ready; {len(labels)} images, {args.steps} DDIM steps each ...", flush=True)
+            images = await client.generate(
+                len(labels), seed=args.seed, steps=args.steps, class_label=labels if info.num_classes else None
+            )
+            return labels, images
+
     print(f"starting tritonserver on {args.repository} (log: {args.log}) ...", flush=True)
-    with server, DDPMClient(server.grpc_url) as client:
-        info = client.model_info()
-        classes = list(range(info.num_classes)) if info.num_classes else [-1]
-        labels = [c for c in classes for _ in range(args.per_class)]
-        print(f"server ready; {len(labels)} images ({args.steps} DDIM steps) ...", flush=True)
-        images = client.generate(len(labels), seed=args.seed, steps=args.steps, class_label=labels if info.num_classes else None)
+    with server:
+        labels, images = asyncio.run(draw())
     print(f"wrote {save_grid(images, args.out, labels=labels)}")
 
 
@@ -265,7 +276,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     p.add_argument("--out", type=Path, default=Path("demo.png"))
     p.add_argument("--per-class", type=int, default=8)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--http-port", type=int, default=int(os.environ.get("HTTP_PORT", 8000)))
     p.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", 8001)))
