@@ -21,7 +21,7 @@ STAMP_VENV := $(VENV)/.installed
 STAMP_SERVER := $(TRITON_HOME)/.installed
 STAMP_REPOSITORY := $(REPOSITORY)/.exported
 
-.PHONY: help venv server repository serve demo test clean
+.PHONY: help venv server repository docker-compose serve demo test clean
 
 help:
 	@echo "make demo        set up, serve the shipped model, write demo.png"
@@ -46,6 +46,13 @@ $(STAMP_REPOSITORY): $(CHECKPOINT) $(SOURCES) | $(STAMP_VENV)
 	$(PY) -m ddpm_triton export --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --data-dir $(DATA_DIR) $(EXPORT_ARGS)
 	touch $@
 
+# Compose v1 from Debian validates docker-compose.yml in the tests (no Docker engine is needed for that).
+docker-compose:
+	@command -v docker-compose >/dev/null || { \
+		echo "installing Debian's docker-compose (to validate docker-compose.yml)"; \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; } \
+		|| { echo "could not install docker-compose: run 'apt-get install docker-compose' as root"; exit 1; }; }
+
 serve: $(STAMP_VENV) $(STAMP_SERVER) $(STAMP_REPOSITORY)
 	$(PY) -m ddpm_triton serve --repository $(REPOSITORY) --device $(DEVICE) \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
@@ -54,7 +61,7 @@ demo: $(STAMP_VENV) $(STAMP_SERVER) $(STAMP_REPOSITORY)
 	$(PY) -m ddpm_triton demo --repository $(REPOSITORY) --out demo.png \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-test: $(STAMP_VENV) $(STAMP_SERVER) $(STAMP_REPOSITORY)
+test: $(STAMP_VENV) $(STAMP_SERVER) $(STAMP_REPOSITORY) docker-compose
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -127,13 +127,25 @@ def test_torchscript_and_onnx_agree_when_loaded_independently(name: str, exporte
     assert relative < CROSS_FORMAT_BOUND
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_fp16_torchscript_is_bounded(name: str, exported: Callable[[str], Exported], tmp_path: Path) -> None:
-    art = exported(name)
-    runner = load_runner(export_torchscript(art.model, tmp_path / "model.pt", "fp16"))
-    assert runner(*batch(art.config, 2).values()).dtype == torch.float32  # the interface stays float32
-    result = parity(art.model, runner, inputs_for(art.config))
+@pytest.mark.parametrize("num_classes", [10, 0])
+def test_fp16_torchscript_is_bounded(num_classes: int, tmp_path: Path) -> None:
+    """On 'tiny' models: half precision on a CPU runs about ten times slower than float32."""
+    config = preset("tiny", num_classes=num_classes)
+    model = random_unet(config)
+    runner = load_runner(export_torchscript(model, tmp_path / "model.pt", "fp16"))
+    assert runner(*batch(config, 2).values()).dtype == torch.float32  # the interface stays float32
+    result = parity(model, runner, inputs_for(config))
     assert result.relative_error < FP16_BOUND, result
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="unet.timestep_embedding calls torch.arange(device=t.device), which a trace records as a constant: "
+    "a TorchScript traced on the CPU fails on CUDA and the reverse (seen on an H100); a buffer would fix it",
+)
+def test_torchscript_is_not_tied_to_the_device_it_was_traced_on(exported: Callable[[str], Exported]) -> None:
+    graph = str(torch.jit.load(str(exported("unconditional").torchscript)).inlined_graph)
+    assert "Device = prim::Constant" not in graph
 
 
 def test_fp16_onnx_is_bounded(exported: Callable[[str], Exported], tmp_path: Path) -> None:
