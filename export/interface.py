@@ -8,6 +8,7 @@ than each casting in its own way.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ TRACE_BATCH = 2
 """Example batch size for tracing: not 1, which tracers may treat as a broadcastable constant."""
 
 
-def _cast_inputs_to(dtype: torch.dtype):
+def _cast_inputs_to(dtype: torch.dtype) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]:
     def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         return tuple(a.to(dtype) for a in args)
 

@@ -112,7 +112,9 @@ def quantize_int8(fp32_onnx: Path, out: Path, calibration: list[dict[str, np.nda
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
-        # TensorRT's explicit quantization takes symmetric scales only (zero point 0).
+        # Symmetric (zero point 0) because TensorRT's explicit quantization accepts nothing else. It
+        # costs accuracy on the one-sided SiLU outputs that feed most convolutions: 0.036 against
+        # asymmetric's 0.031 on a briefly trained 'mnist' U-Net, 0.19 against 0.05 with random weights.
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
     )
     return out

@@ -108,7 +108,8 @@ class ArtifactBuilder:
         elif variant.format == "onnx":
             shutil.copyfile(self.onnx(variant.precision), staged)
         else:
-            source = self.onnx("int8" if variant.precision == "int8" else "fp32")
+            # Strongly typed engines take their precision from the ONNX: fp16 from fp16, int8 from QDQ.
+            source = self.onnx(variant.precision)
             build_engine(source, staged, variant.precision, self.max_batch, opt_batch_size=max(1, self.max_batch // 2))
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(staged, path)

@@ -25,7 +25,7 @@ Inputs = Mapping[str, Array] | Sequence[Array]
 class Parity:
     max_abs_error: float
     relative_error: float
-    """||artifact - reference|| / ||reference|| over all outputs: 0 for identical, inf against an all-zero reference."""
+    """||artifact - reference|| / ||reference|| over all outputs (inf against an all-zero reference)."""
 
     def __str__(self) -> str:
         return f"relative error {self.relative_error:.2e}, max |error| {self.max_abs_error:.2e}"
@@ -33,11 +33,11 @@ class Parity:
 
 def _unpack(batch: Inputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     if isinstance(batch, Mapping):
-        values = [batch[INPUT_X], batch[INPUT_T], batch.get(INPUT_LABEL)]
+        x, t, labels = batch[INPUT_X], batch[INPUT_T], batch.get(INPUT_LABEL)
     else:
-        values = [*batch, None][:3]
-    x, t, labels = (None if v is None else torch.as_tensor(v) for v in values)
-    return x, t, labels
+        x, t, *rest = batch
+        labels = rest[0] if rest else None
+    return torch.as_tensor(x), torch.as_tensor(t), None if labels is None else torch.as_tensor(labels)
 
 
 def parity(reference: UNet, runner: Runner, inputs: Sequence[Inputs]) -> Parity:
@@ -54,8 +54,8 @@ def parity(reference: UNet, runner: Runner, inputs: Sequence[Inputs]) -> Parity:
             on_device = None if labels is None else labels.to(device)
             expected.append(reference(x.to(device), t.to(device), on_device).float().cpu())
             actual.append(runner(x, t, labels).float().cpu())
-    want, got = torch.cat(expected), torch.cat(actual)
-    error = (got - want).norm().item()
-    scale = want.norm().item()
+    want = torch.cat(expected)
+    diff = torch.cat(actual) - want
+    error, scale = diff.norm().item(), want.norm().item()
     relative = error / scale if scale > 0 else (0.0 if error == 0 else float("inf"))
-    return Parity(max_abs_error=(got - want).abs().max().item(), relative_error=relative)
+    return Parity(max_abs_error=diff.abs().max().item(), relative_error=relative)

@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from ddpm_client import AsyncDDPMClient, DDPMClient, GenerationError
 from ddpm_client.cli import main as client_cli
+from PIL import Image
+
 from ddpm_triton.tritonserver import free_port
 
 pytestmark = pytest.mark.server

@@ -18,15 +18,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
-
-from ddpm_triton.artifacts import INPUT_LABEL, INPUT_T, INPUT_X, OUTPUT_EPS
-from ddpm_triton.config import ModelConfig, preset
 from ddpm_triton.export.onnx import export_onnx
 from ddpm_triton.export.quantize import calibration_inputs, quantize_int8
 from ddpm_triton.export.tensorrt import TensorRTUnavailable, build_engine, tensorrt_available
 from ddpm_triton.export.torchscript import export_torchscript
 from ddpm_triton.export.verify import parity
+from torch import nn
+
+from ddpm_triton.artifacts import INPUT_LABEL, INPUT_T, INPUT_X, OUTPUT_EPS
+from ddpm_triton.config import ModelConfig, preset
 from ddpm_triton.runners import load_runner
 from ddpm_triton.unet import UNet
 
@@ -138,11 +138,6 @@ def test_fp16_torchscript_is_bounded(num_classes: int, tmp_path: Path) -> None:
     assert result.relative_error < FP16_BOUND, result
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="unet.timestep_embedding calls torch.arange(device=t.device), which a trace records as a constant: "
-    "a TorchScript traced on the CPU fails on CUDA and the reverse (seen on an H100); a buffer would fix it",
-)
 def test_torchscript_is_not_tied_to_the_device_it_was_traced_on(exported: Callable[[str], Exported]) -> None:
     graph = str(torch.jit.load(str(exported("unconditional").torchscript)).inlined_graph)
     assert "Device = prim::Constant" not in graph

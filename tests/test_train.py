@@ -8,7 +8,7 @@ from ddpm_triton.config import ModelConfig, preset
 from ddpm_triton.data import load_dataset
 from ddpm_triton.train import TrainConfig, Trainer, lr_factor
 
-FAST = dict(batch_size=16, lr=1e-3, warmup_steps=5, log_every=5, sample_every=0, checkpoint_every=1000)
+FAST = {"batch_size": 16, "lr": 1e-3, "warmup_steps": 5, "log_every": 5, "sample_every": 0, "checkpoint_every": 1000}
 
 
 @pytest.fixture(scope="module")

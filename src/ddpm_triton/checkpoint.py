@@ -41,7 +41,7 @@ def load_weights(path: Path | str) -> tuple[dict[str, torch.Tensor], ModelConfig
         raise ValueError(f"{path} is not a ddpm-triton model file (its metadata has no {FORMAT} config)")
     state: dict[str, torch.Tensor] = {}
     with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
+        for key in f.keys():  # noqa: SIM118 - safe_open is no dict
             state[key] = f.get_tensor(key)
     return state, ModelConfig.from_json(metadata["config"])
 

@@ -51,7 +51,7 @@ class ClassifierConfig:
     @classmethod
     def from_json(cls, text: str) -> ClassifierConfig:
         raw: dict[str, Any] = json.loads(text)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        return cls(**{**raw, "channels": tuple(raw["channels"])})
 
 
 class DigitClassifier(nn.Module):
@@ -126,7 +126,7 @@ def _shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> t
 def train_classifier(
     dataset: Dataset,
     device: torch.device | str = "cpu",
-    epochs: int = 12,
+    epochs: int = 20,
     seed: int = 0,
     batch_size: int = 128,
     lr: float = 1e-3,
@@ -193,7 +193,7 @@ def load_classifier(path: Path | str = DEFAULT_PATH, device: torch.device | str 
         metadata = f.metadata() or {}
         if metadata.get("format") != FORMAT:
             raise ValueError(f"{path} is not a {FORMAT} file")
-        state = {k: f.get_tensor(k) for k in f.keys()}
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle is no dict)
     model = DigitClassifier(ClassifierConfig.from_json(metadata["config"]))
     model.load_state_dict(state)
     return model.to(device).eval()

@@ -76,7 +76,7 @@ def load_cifar10(directory: Path) -> Dataset:
     for path in found:
         with path.open("rb") as f:
             # The CIFAR-10 batches are pickles by design; read only from a directory the user names.
-            batch = pickle.load(f, encoding="bytes")  # noqa: S301
+            batch = pickle.load(f, encoding="bytes")
         images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
     return Dataset(np.concatenate(images), np.concatenate(labels), 10)

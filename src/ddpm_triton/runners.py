@@ -104,7 +104,10 @@ class OnnxRunner(UNetRunner):
 
 
 class TensorRTRunner(UNetRunner):
-    """A serialized TensorRT engine run on torch's current CUDA stream, reading and writing torch tensors."""
+    """A serialized TensorRT engine run on torch's current CUDA stream, reading and writing torch tensors.
+
+    Written against the TensorRT 10 runtime API and not yet run: no TensorRT installs on these machines.
+    """
 
     def __init__(self, path: Path, device: torch.device) -> None:
         trt = import_tensorrt()
@@ -123,7 +126,11 @@ class TensorRTRunner(UNetRunner):
     def _run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         eps = torch.empty_like(inputs[INPUT_X])
         for name, tensor in inputs.items():
-            self.context.set_input_shape(name, tuple(tensor.shape))
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise ValueError(
+                    f"{self.path} takes no {name} of shape {tuple(tensor.shape)}: its optimization profile "
+                    "bounds the batch size it was built for"
+                )
             self.context.set_tensor_address(name, tensor.data_ptr())
         self.context.set_tensor_address(OUTPUT_EPS, eps.data_ptr())
         if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):

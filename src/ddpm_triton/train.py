@@ -70,8 +70,9 @@ class Trainer:
         self.device = torch.device(device)
         torch.manual_seed(train_config.seed)
         self.rng = np.random.default_rng(train_config.seed)
-        self.data = torch.from_numpy(to_model_range(dataset.images))
-        self.labels = torch.from_numpy(dataset.labels) if dataset.labels is not None else None
+        # Datasets of this kind fit on the device: batches are gathered there, not copied per step.
+        self.data = torch.from_numpy(to_model_range(dataset.images)).to(self.device)
+        self.labels = torch.from_numpy(dataset.labels).to(self.device) if dataset.labels is not None else None
         self.model = UNet(model_config.unet).to(self.device)
         self.ema = EMA(self.model, train_config.ema_decay)
         self.diffusion = Diffusion(model_config.diffusion, self.device)
@@ -129,13 +130,12 @@ class Trainer:
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         cfg = self.model_config.unet
         while True:
-            index = self.rng.integers(0, len(self.data), self.config.batch_size)
-            drop = self.rng.random(self.config.batch_size) < self.config.label_dropout
-            x0 = self.data[index].to(self.device, non_blocking=True)
+            index = torch.from_numpy(self.rng.integers(0, len(self.data), self.config.batch_size)).to(self.device)
+            drop = torch.from_numpy(self.rng.random(self.config.batch_size) < self.config.label_dropout)
             labels = None
             if cfg.conditional and self.labels is not None:
-                labels = self.labels[index].masked_fill(torch.from_numpy(drop), cfg.num_classes).to(self.device)
-            yield x0, labels
+                labels = self.labels[index].masked_fill(drop.to(self.device), cfg.num_classes)
+            yield self.data[index], labels
 
     def loss(self, x0: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         t = torch.randint(0, self.diffusion.timesteps, (x0.shape[0],), device=self.device)
@@ -145,13 +145,14 @@ class Trainer:
             eps = self.forward(xt, t.float(), labels)
         return self.diffusion.simple_loss(eps, noise)
 
-    def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor | None]]) -> float:
+    def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+        """One optimiser step; returns the loss as a device tensor (reading it would sync every step)."""
         self.model.train()
-        total = 0.0
+        total = torch.zeros((), device=self.device)
         for _ in range(self.config.grad_accumulation):
             loss = self.loss(*next(batches)) / self.config.grad_accumulation
             self.scaler.scale(loss).backward()
-            total += loss.item()
+            total += loss.detach()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
@@ -184,7 +185,7 @@ class Trainer:
         batches = self._batches()
         images_per_step = cfg.batch_size * cfg.grad_accumulation
         progress = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-        window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
+        window_loss, window_start, window_steps = torch.zeros((), device=self.device), time.perf_counter(), 0
         deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else float("inf")
         while self.step < cfg.steps and time.monotonic() < deadline:
             window_loss += self.train_step(batches)
@@ -194,13 +195,13 @@ class Trainer:
                 elapsed = time.perf_counter() - window_start
                 record = {
                     "step": self.step,
-                    "loss": window_loss / window_steps,
+                    "loss": window_loss.item() / window_steps,
                     "lr": self.scheduler.get_last_lr()[0],
                     "images_per_s": window_steps * images_per_step / elapsed,
                 }
                 self.history.append(record)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
-                window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
+                window_loss, window_start, window_steps = torch.zeros((), device=self.device), time.perf_counter(), 0
             if cfg.sample_every and self.step % cfg.sample_every == 0:
                 progress.write(f"samples: {self.sample_grid()}")
             if self.step % cfg.checkpoint_every == 0:

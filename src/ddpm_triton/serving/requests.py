@@ -90,7 +90,7 @@ def parse(inputs: Mapping[str, np.ndarray | None], facts: ModelFacts, defaults: 
     samplers = [defaults.sampler] * n if raw_samplers is None else [_decode(s) for s in raw_samplers]
     unknown = [s for s in samplers if s not in contract.SAMPLERS]
     if unknown:
-        raise InvalidInput(f"SAMPLER must be one of {', '.join(contract.SAMPLERS)}, got {unknown[0]!r}")
+        raise InvalidInput(f"SAMPLER must be one of {', '.join(contract.SAMPLERS)}, got {_preview(unknown[0])}")
 
     eta_in = _column(inputs, contract.ETA, n)
     if eta_in is None:
@@ -116,6 +116,17 @@ def parse(inputs: Mapping[str, np.ndarray | None], facts: ModelFacts, defaults: 
     guidance = np.full(n, defaults.guidance_scale, np.float32) if guidance_in is None else guidance_in.astype(np.float32)
     _in_range("GUIDANCE_SCALE", guidance.astype(np.float64), 0.0, contract.MAX_GUIDANCE_SCALE)
     return ImageOptions(seeds.astype(np.int64), steps, eta, labels, guidance)
+
+
+PREVIEW_CHARS = 40
+"""How much of a rejected string an error message repeats: a 70 MB SAMPLER must not come back as a
+70 MB message (gRPC carries it in trailing metadata, which clients cap at 16 KiB)."""
+
+
+def _preview(text: str) -> str:
+    if len(text) <= PREVIEW_CHARS:
+        return repr(text)
+    return f"{text[:PREVIEW_CHARS]!r}... ({len(text)} characters)"
 
 
 def _decode(value: object) -> str:
