@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,8 @@ def tiny_unet() -> UNet:
 
 REPOSITORY = ROOT / "model_repository"
 TRITON_HOME = ROOT / ".cache" / "tritonserver"
+# DDPM_TRITON_TEST_DEVICE=gpu runs the same server tests with configs/gpu.pbtxt (KIND_GPU instances).
+SERVER_DEVICE = os.environ.get("DDPM_TRITON_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +52,8 @@ def server(tmp_path_factory):
         pytest.fail(f"no Triton server in {TRITON_HOME}: run `make server` (make test does)")
     log = tmp_path_factory.mktemp("triton") / "server.log"
     instance = TritonServer(
-        REPOSITORY, files, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_path=log
-    )
+        REPOSITORY, files, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_path=log,
+        model_config_name=None if SERVER_DEVICE == "cpu" else SERVER_DEVICE,
+    )  # fmt: skip
     with instance:
         yield instance

@@ -194,6 +194,20 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"wrote {save_grid(images, args.out, labels=labels)}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .artifacts import Variant
+    from .bench import run_bench
+
+    gpu = args.device == "gpu"
+    variant = Variant.from_model_name(args.unet or ("unet_torchscript_fp16" if gpu else "unet_onnx_fp32"))
+    command = "ddpm-triton " + " ".join(sys.argv[1:])
+    path = run_bench(
+        args.preset, gpu, variant, args.batches, args.concurrency, args.steps, args.repeats, args.out, args.home, command
+    )
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+    print(path.with_suffix(".md").read_text())
+
+
 # ---- parser --------------------------------------------------------------------------------------
 
 
@@ -284,6 +298,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log", type=Path, default=Path(".cache/demo-server.log"))
     p.add_argument("--home", type=Path, default=Path(".cache/tritonserver"))
     p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("bench", help="throughput and latency through Triton (perf_analyzer) and in-process")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cifar10", help="U-Net shape (random weights)")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--unet", default=None, help="U-Net variant served (default: torchscript fp16 on GPU, onnx fp32 on CPU)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--batches", type=lambda s: [int(v) for v in _csv(s)], default=[1, 16, 64])
+    p.add_argument("--concurrency", type=lambda s: [int(v) for v in _csv(s)], default=[1, 8, 32])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--home", type=Path, default=Path(".cache/tritonserver"))
+    p.set_defaults(run=cmd_bench)
     return root
 
 

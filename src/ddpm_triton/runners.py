@@ -74,7 +74,9 @@ class TorchScriptRunner(UNetRunner):
         self.module = module
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.inference_mode():
+        # The profiling executor swaps in fused kernels after the first calls of each shape, which
+        # changes fp16 results by a rounding step: the same request would not give the same bytes.
+        with torch.inference_mode(), torch.jit.optimized_execution(False):
             return self.module(*inputs.values())
 
 
