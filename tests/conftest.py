@@ -41,15 +41,22 @@ SERVER_DEVICE = os.environ.get("DDPM_TRITON_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
+def triton_home() -> Path:
+    from ddpm_triton.tritonserver import ServerFiles
+
+    if not ServerFiles(TRITON_HOME).installed():
+        pytest.fail(f"no Triton server in {TRITON_HOME}: run `make server` (make test does)")
+    return TRITON_HOME
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, triton_home):
     """The real tritonserver on the project's model repository (as `make serve` runs it), on free ports."""
     from ddpm_triton.tritonserver import ServerFiles, TritonServer, free_port
 
     if not (REPOSITORY / ".exported").is_file():
         pytest.fail(f"{REPOSITORY} has no exported artifacts: run `make repository` (make test does)")
-    files = ServerFiles(TRITON_HOME)
-    if not files.installed():
-        pytest.fail(f"no Triton server in {TRITON_HOME}: run `make server` (make test does)")
+    files = ServerFiles(triton_home)
     log = tmp_path_factory.mktemp("triton") / "server.log"
     instance = TritonServer(
         REPOSITORY, files, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_path=log,

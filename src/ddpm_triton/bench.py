@@ -110,7 +110,7 @@ def in_process_rows(
 
 def triton_rows(
     server: TritonServer, work: Path, variant: Variant, batches: list[int], concurrency: list[int], steps: int,
-    command: str,
+    stability_percent: float, command: str,
 ) -> list[Row]:  # fmt: skip
     """perf_analyzer over gRPC: a batch sweep at concurrency 1, then a concurrency sweep of single images."""
     data = write_input_data(work / f"input-{steps}.json", seeds=64, STEPS=steps)
@@ -119,7 +119,7 @@ def triton_rows(
         for level in levels:
             measured = run_perf_analyzer(
                 server, data, concurrency=[level], batch_size=batch, requests_per_window=max(8, 2 * level),
-                max_trials=6, stability_percent=50,
+                max_trials=6, stability_percent=stability_percent,
             )  # fmt: skip
             for m in measured:
                 rows.append(
@@ -164,7 +164,7 @@ def write_results(rows: list[Row], out_dir: Path, model: str, command: str) -> P
 
 def run_bench(
     preset_name: str, gpu: bool, variant: Variant, batches: list[int], concurrency: list[int], steps: int,
-    repeats: int, out_dir: Path, home: Path, command: str,
+    repeats: int, out_dir: Path, home: Path, command: str, stability_percent: float = 50.0,
 ) -> Path:  # fmt: skip
     from ddpm_triton.export.configs import ServingOptions
     from ddpm_triton.export.repository import export_repository
@@ -183,5 +183,5 @@ def run_bench(
             model_config_name="gpu" if gpu else None, log_path=out_dir / "bench-server.log",
         )  # fmt: skip
         with server:
-            rows += triton_rows(server, work, variant, batches, concurrency, steps, command)
+            rows += triton_rows(server, work, variant, batches, concurrency, steps, stability_percent, command)
     return write_results(rows, out_dir, f"{preset_name} U-Net (random weights)", command)

@@ -202,8 +202,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     variant = Variant.from_model_name(args.unet or ("unet_torchscript_fp16" if gpu else "unet_onnx_fp32"))
     command = "ddpm-triton " + " ".join(sys.argv[1:])
     path = run_bench(
-        args.preset, gpu, variant, args.batches, args.concurrency, args.steps, args.repeats, args.out, args.home, command
-    )
+        args.preset, gpu, variant, args.batches, args.concurrency, args.steps, args.repeats, args.out, args.home, command,
+        args.stability,
+    )  # fmt: skip
     print(f"wrote {path} and {path.with_suffix('.md')}")
     print(path.with_suffix(".md").read_text())
 
@@ -307,6 +308,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=lambda s: [int(v) for v in _csv(s)], default=[1, 16, 64])
     p.add_argument("--concurrency", type=lambda s: [int(v) for v in _csv(s)], default=[1, 8, 32])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--stability", type=float, default=50.0, help="perf_analyzer --stability-percentage")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--home", type=Path, default=Path(".cache/tritonserver"))
     p.set_defaults(run=cmd_bench)
