@@ -1,9 +1,11 @@
 """The `ddpm` Triton model: runs the denoising loop, asking a U-Net model for every step via BLS.
 
-`execute` is a coroutine: while one batch of requests awaits its U-Net call, the same instance
-takes the next batch, so the loops of concurrent requests advance side by side and the U-Net
-model's dynamic batcher merges their steps into shared batches (each image carries its own
-timestep). Images of every request in a batch that share a step count run as one loop.
+All images of the requests in one dynamic batch that share a step count run as one loop, and
+loops of different step counts run concurrently (each image carries its own timestep, so the
+U-Net model's dynamic batcher can merge their calls). `execute` is a coroutine, but Triton 2.51
+runs a non-decoupled model's execute to completion before it takes the next batch: requests that
+arrive while a batch is mid-loop wait for it (measured in tests/test_reliability.py's notes and
+benchmarks/README.md). Step-level batching across such requests is the open part of issue 5.
 
 Loaded by the Python backend through `model_repository/ddpm/1/model.py`; it only runs inside
 Triton's Python stub, where `triton_python_backend_utils` exists.

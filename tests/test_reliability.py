@@ -1,0 +1,430 @@
+"""Reliability through the real tritonserver: bad input, sustained load, and faults caused on purpose.
+
+Bad input runs against the session server (it must stay ready for every other test). The soak
+reuses it too, for half a minute. Every fault test starts a server of its own (explicit model
+control, only `ddpm` and its U-Net loaded, so it starts in half the time), so a killed stub or a
+reload cannot disturb any other test.
+
+What Triton 2.51 itself does, found by these tests and relied on below:
+- a killed `triton_python_backend_stub` fails its in-flight requests within about a second
+  ("Stub process 'ddpm_0_0' is not healthy.") but is NOT restarted: since python_backend r24.07 the
+  restart path is gone, and the model keeps reporting READY. A reload through the model-repository
+  API (admin key) starts a new stub; the test does that and checks the model serves again.
+- `load` of an unchanged, loaded model is a no-op; a config override with a changed parameter
+  forces a real reload (new stub), which is what `_force_reload` sends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from ddpm_client import DDPMClient
+from tritonclient.utils import InferenceServerException
+
+from ddpm_triton.soak import process_tree, rss_bound, soak, write_report
+from ddpm_triton.tritonserver import ADMIN_HEADER, ServerFiles, TritonServer, free_port
+
+pytestmark = pytest.mark.server
+
+ROOT = Path(__file__).resolve().parents[1]
+REPOSITORY = ROOT / "model_repository"  # as conftest's `server`
+STEPS = 2
+GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_HEADER  # Triton prefixes gRPC restriction headers
+
+
+# ---- talking to a server ------------------------------------------------------------------------
+
+Spec = tuple[str, np.ndarray, str]  # input name, array (batch first), wire datatype
+
+
+def _tensors(module: Any, specs: list[Spec]) -> list[Any]:
+    tensors = []
+    for name, array, datatype in specs:
+        tensor = module.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
+
+
+@contextmanager
+def _http(server: TritonServer, timeout_s: float = 60) -> Iterator[httpclient.InferenceServerClient]:
+    """An HTTP client that is closed even when its call raises: Triton's graceful shutdown waits up
+    to its exit timeout for open HTTP connections."""
+    client = httpclient.InferenceServerClient(server.http_url, network_timeout=timeout_s)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _infer(server: TritonServer, specs: list[Spec], protocol: str = "grpc", timeout_s: float = 120) -> np.ndarray:
+    if protocol == "grpc":
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            return client.infer("ddpm", _tensors(grpcclient, specs), client_timeout=timeout_s).as_numpy("IMAGE")
+    with _http(server, timeout_s) as client:
+        return client.infer("ddpm", _tensors(httpclient, specs)).as_numpy("IMAGE")
+
+
+def _good(seeds: list[int], steps: int = STEPS) -> list[Spec]:
+    n = len(seeds)
+    return [
+        ("SEED", np.asarray(seeds, np.int64).reshape(n, 1), "INT64"),
+        ("STEPS", np.full((n, 1), steps, np.int32), "INT32"),
+    ]
+
+
+def _status_of(err: InferenceServerException, protocol: str) -> str:
+    return err.status() if protocol == "grpc" else str(err.status())
+
+
+def _max_batch_size(server: TritonServer) -> int:
+    with _http(server) as client:
+        return int(client.get_model_config("ddpm")["max_batch_size"])
+
+
+# ---- 1. bad input --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A request outside the contract: its inputs (given max_batch_size), and the message it must get."""
+
+    id: str
+    specs: Callable[[int], list[Spec]]
+    message: Callable[[int], str]  # regex, given max_batch_size
+    by: str  # who rejects it: "triton" (core, before the model runs) or "ddpm" (our validation)
+
+
+def _seed(n: int = 1, dtype: Any = np.int64, datatype: str = "INT64", shape: tuple[int, ...] | None = None) -> Spec:
+    return ("SEED", np.arange(n, dtype=dtype).reshape(shape or (n, 1)), datatype)
+
+
+def _steps(
+    values: list[int], dtype: Any = np.int32, datatype: str = "INT32", shape: tuple[int, ...] | None = None
+) -> Spec:
+    return ("STEPS", np.asarray(values, dtype).reshape(shape or (len(values), 1)), datatype)
+
+
+OVERSIZED = 70_000_000  # bytes of one SAMPLER string: beyond any proxy's default body limit
+
+BAD = [
+    # wrong dtype: Triton core names the input, what was sent and what the model expects
+    Bad("SEED-as-FP32", lambda m: [_seed(1, np.float32, "FP32"), _steps([STEPS])],
+        lambda m: r"inference input 'SEED' data-type is 'FP32', but model 'ddpm' expects 'INT64'", "triton"),
+    Bad("SEED-as-INT32", lambda m: [_seed(1, np.int32, "INT32"), _steps([STEPS])],
+        lambda m: r"inference input 'SEED' data-type is 'INT32', but model 'ddpm' expects 'INT64'", "triton"),
+    Bad("SEED-as-BYTES", lambda m: [("SEED", np.array([[b"1"]], np.object_), "BYTES"), _steps([STEPS])],
+        lambda m: r"inference input 'SEED' data-type is 'BYTES', but model 'ddpm' expects 'INT64'", "triton"),
+    Bad("STEPS-as-INT64", lambda m: [_seed(), _steps([STEPS], np.int64, "INT64")],
+        lambda m: r"inference input 'STEPS' data-type is 'INT64', but model 'ddpm' expects 'INT32'", "triton"),
+    Bad("CLASS_LABEL-as-FP32", lambda m: [_seed(), _steps([STEPS]), ("CLASS_LABEL", np.ones((1, 1), np.float32), "FP32")],
+        lambda m: r"inference input 'CLASS_LABEL' data-type is 'FP32', but model 'ddpm' expects 'INT32'", "triton"),
+    # wrong shape: Triton core names the input and the expected shape
+    Bad("SEED-shape-n2", lambda m: [_seed(2, shape=(1, 2)), _steps([STEPS])],
+        lambda m: r"unexpected shape for input 'SEED' for model 'ddpm'\. Expected \[-1,1\], got \[1,2\]", "triton"),
+    Bad("STEPS-shape-n3", lambda m: [_seed(), _steps([STEPS] * 3, shape=(1, 3))],
+        lambda m: r"unexpected shape for input 'STEPS' for model 'ddpm'\. Expected \[-1,1\], got \[1,3\]", "triton"),
+    Bad("SEED-without-batch-dim", lambda m: [_seed(1, shape=(1,))],
+        lambda m: r"unexpected shape for input 'SEED' for model 'ddpm'\. Expected \[-1,1\], got \[1\]", "triton"),
+    Bad("batch-sizes-differ", lambda m: [_seed(2), _steps([STEPS])],
+        lambda m: r"input '(SEED|STEPS)' batch size does not match other inputs for 'ddpm'", "triton"),
+    # batch over max_batch_size: Triton core names the limit (not an input: the batch is every input's)
+    Bad("batch-over-max", lambda m: [_seed(m + 1), _steps([STEPS] * (m + 1))],
+        lambda m: rf"inference request batch-size must be <= {m} for 'ddpm'", "triton"),
+    # empty batch: Triton core names SEED, in terms of bytes
+    Bad("empty-batch", lambda m: [_seed(0)],
+        lambda m: r"input byte size mismatch for input 'SEED' for model 'ddpm'\. Expected \d+, got 0", "triton"),
+    Bad("unknown-input", lambda m: [_seed(), ("NOISE", np.ones((1, 1), np.float32), "FP32")],
+        lambda m: r"unexpected inference input 'NOISE' for model 'ddpm'", "triton"),
+    # what only our model can check (Triton lets an absent SEED through although it is not optional)
+    Bad("SEED-missing", lambda m: [_steps([STEPS])],
+        lambda m: r"^SEED is required: one INT64 seed per image, shape \[n, 1\]$", "ddpm"),
+    Bad("STEPS-bad-in-a-batch", lambda m: [_seed(3), _steps([STEPS, STEPS, 0])],
+        lambda m: r"^STEPS must be in \[1, 1000\], got 0 \(image 2\)$", "ddpm"),
+    Bad("SAMPLER-not-UTF-8", lambda m: [_seed(), ("SAMPLER", np.array([[b"\xff\xfeddim"]], np.object_), "BYTES")],
+        lambda m: r"^SAMPLER must be UTF-8 text, got b'\\xff\\xfeddim'$", "ddpm"),
+    # oversized body: Triton 2.51 has no HTTP/gRPC body limit of its own (--http-max-input-size came
+    # later), so 70 MB arrive; the model rejects the value and quotes only its start.
+    Bad("SAMPLER-70MB", lambda m: [_seed(), ("SAMPLER", np.array([[b"x" * OVERSIZED]], np.object_), "BYTES")],
+        lambda m: rf"^SAMPLER must be one of ddpm, ddim, got 'x{{40}}'\.\.\. \({OVERSIZED} characters\)$", "ddpm"),
+]  # fmt: skip
+
+EXPECTED_STATUS = {"grpc": "StatusCode.INVALID_ARGUMENT", "http": "400"}
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("bad", BAD, ids=[b.id for b in BAD])
+def test_bad_input_is_rejected_by_name_and_the_server_stays_ready(server, bad, protocol):
+    m = _max_batch_size(server)
+    with pytest.raises(InferenceServerException) as err:
+        _infer(server, bad.specs(m), protocol)
+    message = err.value.message()
+    assert _status_of(err.value, protocol) == EXPECTED_STATUS[protocol], message[:300]
+    assert len(message) < 1000, f"{len(message)}-character message: {message[:200]}..."
+    assert re.search(bad.message(m), message), message
+    assert server.ready()
+
+
+def test_good_requests_sent_with_bad_ones_are_all_answered(server):
+    """48 good requests and every bad one above, all released at the same instant, over both protocols."""
+    m = _max_batch_size(server)
+    jobs: list[tuple[str, Bad | None, list[Spec], str]] = []
+    for i in range(48):
+        jobs.append((f"good-{i}", None, _good([9000 + i]), "grpc" if i % 2 else "http"))
+    for i, bad in enumerate(BAD):
+        jobs.append((bad.id, bad, bad.specs(m), "grpc" if i % 2 else "http"))
+    start = threading.Barrier(len(jobs))
+
+    def send(job):
+        _, _, specs, protocol = job
+        start.wait(timeout=60)
+        try:
+            return _infer(server, specs, protocol, timeout_s=180)
+        except InferenceServerException as err:
+            return err
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(send, jobs))
+    good = [(job, r) for job, r in zip(jobs, results) if job[1] is None]
+    bad = [(job, r) for job, r in zip(jobs, results) if job[1] is not None]
+    failed = [(job[0], r.message()) for job, r in good if isinstance(r, InferenceServerException)]
+    assert not failed, failed
+    assert all(r.shape == (1, 28, 28, 1) and r.dtype == np.uint8 for _, r in good)
+    assert len({r.tobytes() for _, r in good}) == 48  # 48 seeds, 48 different images
+    for (name, spec, _, _), r in bad:
+        assert isinstance(r, InferenceServerException) and re.search(spec.message(m), r.message()), (name, r)
+    assert server.ready()
+
+
+# ---- 2. sustained load ---------------------------------------------------------------------------
+
+
+def test_short_soak_has_no_failures_and_bounded_memory(server, tmp_path):
+    """benchmarks/soak.py's code for ~30 s at concurrency 1..8 on the session server."""
+    report = soak(server, seconds=20, concurrency=(1, 2, 4, 8), steps=STEPS, work_dir=tmp_path,
+                  command="pytest tests/test_reliability.py::test_short_soak_has_no_failures_and_bounded_memory")  # fmt: skip
+    json_path, md_path = write_report(report, tmp_path, stem="soak")
+    summary = md_path.read_text()
+    assert report.failures == 0, summary
+    assert [level.concurrency for level in report.levels] == [1, 2, 4, 8]
+    assert all(level.runs >= 1 and 0 < level.p50_ms <= level.p99_ms for level in report.levels), summary
+    assert report.requests >= 4 * 6, summary
+    assert report.rss_after_mib <= report.rss_bound_mib == rss_bound(int(report.rss_before_mib * 2**20)) / 2**20, (
+        summary
+    )
+    assert json.loads(json_path.read_text())["passed"] is True
+
+
+# ---- 3. faults, each on a server of its own ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stub:
+    model: str
+    pid: int
+    region: str  # its shared-memory region in /dev/shm
+
+
+def _stubs(server: TritonServer, model: str | None = None) -> list[Stub]:
+    """Live triton_python_backend_stub processes (of `model`), from /proc: argv is stub, model.py, shm region, ...
+
+    While a model is reloaded its old and new stubs both live for a moment.
+    """
+    stubs = []
+    for pid in process_tree(server.process.pid)[1:]:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 2:
+            stub = Stub(Path(argv[1].decode()).parent.parent.name, pid, argv[2].decode())
+            if model is None or stub.model == model:
+                stubs.append(stub)
+    return stubs
+
+
+def _pids(server: TritonServer, model: str) -> set[int]:
+    return {s.pid for s in _stubs(server, model)}
+
+
+@contextmanager
+def _own_server(home: Path, tmp_path: Path, http_port: int = 0, grpc_port: int = 0, admin_key: str | None = None,
+                models: tuple[str, ...] = ("ddpm", "unet_onnx_fp32")) -> Iterator[TritonServer]:  # fmt: skip
+    """A server of this test only: explicit model control, `models` loaded, a short exit timeout.
+
+    A stub that was killed never unloads, so Triton would wait its whole exit timeout (30 s by
+    default) at shutdown; 5 s is enough. Shared-memory regions that a killed stub leaves in
+    /dev/shm are removed afterwards.
+    """
+    extra = tuple(f"--load-model={m}" for m in models) + ("--exit-timeout-secs=5",)
+    server = TritonServer(
+        REPOSITORY, ServerFiles(home),
+        http_port=http_port or free_port(), grpc_port=grpc_port or free_port(), metrics_port=free_port(),
+        model_control="explicit", extra_args=extra, log_path=tmp_path / f"server-{time.monotonic_ns()}.log",
+        **({"admin_key": admin_key} if admin_key else {}),
+    )  # fmt: skip
+    regions: set[str] = set()
+    server.start()
+    try:
+        server.wait_ready()
+        regions |= {s.region for s in _stubs(server)}
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            regions |= {s.region for s in _stubs(server)}
+        server.stop(timeout_s=30)
+        for region in regions:
+            Path("/dev/shm", region).unlink(missing_ok=True)
+
+
+def _force_reload(server: TritonServer, model: str, protocol: str = "http") -> None:
+    """Load `model` again with the admin key. An unchanged model would be a no-op; a changed parameter makes it real."""
+    with _http(server) as client:
+        config = client.get_model_config(model)
+    config.setdefault("parameters", {})["reload_nonce"] = {"string_value": str(time.time_ns())}
+    if protocol == "http":
+        with _http(server, timeout_s=300) as client:
+            client.load_model(model, headers={ADMIN_HEADER: server.admin_key}, config=json.dumps(config))
+    else:
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            client.load_model(model, headers={GRPC_ADMIN_HEADER: server.admin_key}, config=json.dumps(config),
+                              client_timeout=300)  # fmt: skip
+
+
+def _succeeded(server: TritonServer, model: str) -> int:
+    with _http(server) as client:
+        stats = client.get_inference_statistics(model)
+    return sum(int(s["inference_stats"]["success"]["count"]) for s in stats["model_stats"])
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _attempt(call: Callable[[], Any]) -> tuple[Any, float]:
+    """(result or the exception, seconds it took)."""
+    started = time.monotonic()
+    try:
+        return call(), time.monotonic() - started
+    except Exception as err:  # noqa: BLE001 - the test inspects it
+        return err, time.monotonic() - started
+
+
+def test_killed_stub_fails_its_request_fast_and_a_reload_brings_the_model_back(triton_home, tmp_path):
+    with _own_server(triton_home, tmp_path) as server:
+        (victim,) = _stubs(server, "ddpm")
+        unet_before = _succeeded(server, "unet_onnx_fp32")
+        with ThreadPoolExecutor(1) as pool:
+            long = pool.submit(_attempt, lambda: _infer(server, _good([1], steps=200), timeout_s=120))
+            # In flight for sure: its denoising loop has called the U-Net.
+            _wait_for(lambda: _succeeded(server, "unet_onnx_fp32") > unet_before, 60, "the first U-Net step")
+            os.kill(victim.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            err, _ = long.result(timeout=60)
+        answered_after = time.monotonic() - killed
+        assert isinstance(err, InferenceServerException), f"the STEPS=200 request was not failed: {err!r}"
+        assert answered_after < 10, f"the in-flight request took {answered_after:.1f} s to fail"
+        assert err.status() == "StatusCode.INTERNAL"
+        assert err.message() == "Stub process 'ddpm_0_0' is not healthy."
+        assert server.ready()
+
+        # No hang afterwards either: the next request is answered at once (Triton 2.51 fails it; a
+        # Triton that restarts stubs by itself would serve it).
+        _, took = _attempt(lambda: _infer(server, _good([2]), timeout_s=60))
+        assert took < 10, f"a request after the kill took {took:.1f} s"
+
+        _force_reload(server, "ddpm")
+        images, _ = _attempt(lambda: _infer(server, _good([3]), timeout_s=120))
+        assert isinstance(images, np.ndarray) and images.shape == (1, 28, 28, 1), images
+        assert _pids(server, "ddpm") - {victim.pid}
+
+
+def test_reloading_models_under_load_fails_no_request(triton_home, tmp_path):
+    with _own_server(triton_home, tmp_path) as server:
+        before = {m: _pids(server, m) for m in ("ddpm", "unet_onnx_fp32")}
+        done: list[tuple[float, float]] = []  # (sent, answered) of every good answer
+        errors: list[str] = []
+        stop = threading.Event()
+
+        def stream(protocol: str, first_seed: int) -> None:
+            seed = first_seed
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    _infer(server, _good([seed], steps=3), protocol, timeout_s=120)
+                    done.append((sent, time.monotonic()))
+                except InferenceServerException as err:
+                    errors.append(f"{protocol}: {err.status()} {err.message()}")
+                seed += 2
+
+        threads = [threading.Thread(target=stream, args=(p, i)) for i, p in enumerate(("grpc", "http"))]
+        for t in threads:
+            t.start()
+        try:
+            _wait_for(lambda: len(done) >= 4, 60, "the stream of requests to get going")
+            reloads = []
+            for model, protocol in (("ddpm", "http"), ("unet_onnx_fp32", "grpc")):
+                started = time.monotonic()
+                _force_reload(server, model, protocol)
+                reloads.append((model, started, time.monotonic()))
+            count = len(done)
+            _wait_for(lambda: len(done) >= count + 2, 60, "requests after the reloads")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=120)
+        assert not errors, errors
+        for model, started, finished in reloads:
+            assert sum(started <= answered <= finished for _, answered in done) >= 1, (
+                f"nothing served during the {model} reload"
+            )
+        for model, pids in before.items():
+            assert _pids(server, model) - pids, f"{model} was not really reloaded (no new stub)"
+
+
+def test_client_retries_through_a_server_restart(triton_home, tmp_path):
+    """The same client objects, before a stop, while the server is down, and after it is back on the same ports."""
+    ports = {"http_port": free_port(), "grpc_port": free_port()}
+    key = "reliability-test-key"
+    grpc_client = DDPMClient(f"127.0.0.1:{ports['grpc_port']}", "grpc", retries=8, backoff_s=0.5, timeout_s=60)
+    http_client = DDPMClient(f"127.0.0.1:{ports['http_port']}", "http", retries=8, backoff_s=0.5, timeout_s=60)
+    with grpc_client, http_client:
+        with _own_server(triton_home, tmp_path, admin_key=key, **ports):
+            expected = grpc_client.generate(1, seed=5, steps=STEPS)
+            assert http_client.generate(1, seed=5, steps=STEPS).tobytes() == expected.tobytes()
+        with ThreadPoolExecutor(2) as pool:
+            calls = [
+                pool.submit(_attempt, lambda c=c: c.generate(1, seed=5, steps=STEPS))
+                for c in (grpc_client, http_client)
+            ]
+            time.sleep(1.0)  # both are failing and backing off now
+            assert not any(call.done() for call in calls), [call.result() for call in calls if call.done()]
+            down_since = time.monotonic()
+            with _own_server(triton_home, tmp_path, admin_key=key, **ports):
+                back_after = time.monotonic() - down_since
+                results = [call.result(timeout=180) for call in calls]
+    for (images, took), protocol in zip(results, ("grpc", "http")):
+        assert isinstance(images, np.ndarray), f"{protocol}: {images!r}"
+        assert images.tobytes() == expected.tobytes()
+        assert took > back_after, (
+            f"{protocol} answered in {took:.1f} s, before the server was back ({back_after:.1f} s)"
+        )
