@@ -47,8 +47,10 @@ class PrecisionWrapper(nn.Module):
             self.unet.time_embed.register_forward_pre_hook(_cast_inputs_to(self.dtype))
         self.eval()
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        return self.unet(x.to(self.dtype), t, label).float()
+    # The argument names are the artifact's input names: Triton's LibTorch backend binds config
+    # inputs to TorchScript by forward() argument name, so they must read X, T, LABEL.
+    def forward(self, X: torch.Tensor, T: torch.Tensor, LABEL: torch.Tensor | None = None) -> torch.Tensor:  # noqa: N803
+        return self.unet(X.to(self.dtype), T, LABEL).float()
 
 
 def example_inputs(model: UNet, batch_size: int = TRACE_BATCH) -> tuple[torch.Tensor, ...]:

@@ -244,3 +244,11 @@ def test_load_runner_rejects_other_files(tmp_path: Path) -> None:
         load_runner(weights)
     with pytest.raises(FileNotFoundError):
         load_runner(tmp_path / "missing.onnx")
+
+
+def test_torchscript_forward_arguments_are_the_config_input_names(tmp_path: Path) -> None:
+    """Triton's LibTorch backend (container configs) binds inputs to forward() arguments by name."""
+    model = random_unet(CONFIGS["conditional"])
+    module = torch.jit.load(str(export_torchscript(model, tmp_path / "model.pt", "fp32")))
+    names = [i.debugName().split(".")[0] for i in module.graph.inputs()][1:]
+    assert names == [INPUT_X, INPUT_T, INPUT_LABEL]
