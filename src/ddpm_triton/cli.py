@@ -209,6 +209,70 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(path.with_suffix(".md").read_text())
 
 
+# ---- quality -------------------------------------------------------------------------------------
+
+
+def _limits(items: list[str]) -> dict[str, int]:
+    limits = {}
+    for item in items:
+        name, _, count = item.partition("=")
+        if not count.isdigit():
+            raise SystemExit(f"--limit takes VARIANT=IMAGES, e.g. torchscript_fp16=10, got {item!r}")
+        limits[name.strip()] = int(count)
+    return limits
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Sample quality in-process: accuracy and classifier Frechet distance per artifact and per setting."""
+    from .evaluate import evaluate
+
+    report = evaluate(
+        args.checkpoint,
+        args.data_dir,
+        args.classifier,
+        variants=args.variants,
+        images=args.images,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        grid_images=args.grid_images,
+        grid_guidance=[float(g) for g in args.grid_guidance],
+        grid_steps=[int(s) for s in args.grid_steps],
+        full_grid=args.full_grid,
+        grid_variant=args.grid_variant,
+        limits=_limits(args.limit),
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=_device(args.device),
+        threads=args.threads,
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(report.to_json())
+    print(report.to_markdown())
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    """samples.png, forward.png and reverse.png for the docs."""
+    from .figures import write_figures
+
+    paths = write_figures(
+        args.out,
+        args.checkpoint,
+        args.data_dir,
+        per_class=args.per_class,
+        steps=args.steps,
+        reverse_steps=args.reverse_steps,
+        reverse_label=args.reverse_label,
+        columns=args.columns,
+        guidance_scale=args.guidance_scale,
+        digit_index=args.digit_index,
+        seed=args.seed,
+        device=_device(args.device),
+    )
+    for path in paths:
+        print(f"wrote {path}")
+
+
 # ---- parser --------------------------------------------------------------------------------------
 
 
@@ -312,6 +376,45 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--home", type=Path, default=Path(".cache/tritonserver"))
     p.set_defaults(run=cmd_bench)
+
+    from .artifacts import SUPPORTED
+
+    variants = ["pytorch_fp32"] + [f"{fmt}_{p}" for fmt, precisions in SUPPORTED.items() for p in precisions]
+    p = sub.add_parser("evaluate", help="sample quality in-process: classifier accuracy and distance per artifact")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--classifier", type=Path, default=Path("models/mnist-classifier/classifier.safetensors"))
+    p.add_argument("--data-dir", type=Path, default=Path("../shared/data/mnist"), help="MNIST test idx files")
+    p.add_argument("--variants", type=_csv, default=variants, help=f"of {','.join(variants)}")
+    p.add_argument("--images", type=int, default=200, help="images per variant (0: no precision table)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance-scale", type=float, default=2.0)
+    p.add_argument("--grid-images", type=int, default=100, help="images per grid cell (0: no grid)")
+    p.add_argument("--grid-guidance", type=_csv, default=["0", "1", "2", "4"])
+    p.add_argument("--grid-steps", type=_csv, default=["10", "20", "50"])
+    p.add_argument("--full-grid", action="store_true", help="every guidance x steps cell (default: a cross)")
+    p.add_argument("--grid-variant", default="onnx_fp32", help="what samples the grid")
+    p.add_argument("--limit", action="append", default=[], metavar="VARIANT=N", help="cap one variant's images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=50, help="images per denoising loop")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and onnxruntime")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
+    p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("figures", help="write samples.png, forward.png and reverse.png (docs pictures)")
+    p.add_argument("--out", type=Path, default=Path("docs"))
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--data-dir", type=Path, default=Path("../shared/data/mnist"), help="MNIST test idx files")
+    p.add_argument("--per-class", type=int, default=8)
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps of the samples grid")
+    p.add_argument("--reverse-steps", type=int, default=50, help="DDIM steps of the traced sample")
+    p.add_argument("--reverse-label", type=int, default=3)
+    p.add_argument("--columns", type=int, default=8, help="steps shown in reverse.png")
+    p.add_argument("--guidance-scale", type=float, default=2.0)
+    p.add_argument("--digit-index", type=int, default=0, help="which MNIST test digit forward.png noises")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=cmd_figures)
     return root
 
 
