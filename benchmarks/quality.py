@@ -13,40 +13,18 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
-import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 from ddpm_triton.evaluate import VARIANTS, evaluate
+from ddpm_triton.provenance import describe_device, git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def describe_device(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"GPU: {torch.cuda.get_device_name(torch.device(device))}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
-        cpu = names[0].strip() if names else cpu
-    except OSError:
-        pass
-    return f"CPU: {cpu}, {os.cpu_count()} cores visible, shared; load average at start {os.getloadavg()[0]:.1f}"
-
-
-def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=False)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
 def main(argv: list[str] | None = None) -> int:

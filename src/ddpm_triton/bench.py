@@ -9,7 +9,6 @@ The result file follows one schema (see `write_results`) whatever the device.
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,7 @@ from .checkpoint import load_model, save_weights
 from .config import preset
 from .perf import run_perf_analyzer, write_input_data
 from .pipeline import Pipeline
+from .provenance import describe_device, git_commit
 from .tritonserver import ServerFiles, TritonServer, free_port
 from .unet import UNet
 
@@ -56,12 +56,6 @@ def random_checkpoint(preset_name: str, path: Path) -> Path:
         torch.nn.init.normal_(p, std=0.02)
     save_weights(path, model.state_dict(), config)
     return path
-
-
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def gpu_memory_used_mb() -> float | None:
@@ -129,18 +123,11 @@ def triton_rows(
     return rows
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def write_results(rows: list[Row], out_dir: Path, model: str, command: str) -> Path:
     """benchmarks/results/<date>-<device>.json and .md."""
     now = datetime.now(timezone.utc)
-    device = device_name()
-    stem = f"{now:%Y-%m-%d}-{device.split(' (')[0].replace(' ', '-').lower()}"
+    device = describe_device("cuda" if torch.cuda.is_available() else "cpu")
+    stem = f"{now:%Y-%m-%d}-{device.split(',')[0].removeprefix('GPU: ').removeprefix('CPU: ').replace(' ', '-').lower()}"
     out_dir.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
         "device": device, "date": now.isoformat(timespec="seconds"), "commit": git_commit(), "model": model,

@@ -17,10 +17,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import platform
 import re
 import statistics
-import subprocess
 import tempfile
 import time
 import urllib.request
@@ -29,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .perf import PerfAnalyzerFailed, run_perf_analyzer, write_input_data
+from .provenance import describe_device, git_commit
 from .tritonserver import ServerFiles, TritonServer, free_port
 
 MiB = 1024 * 1024
@@ -305,25 +304,3 @@ def write_report(report: SoakReport, out_dir: Path, stem: str | None = None) -> 
     return json_path, md_path
 
 
-# ---- where it ran --------------------------------------------------------------------------------
-
-
-def describe_device() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
-        cpu = names[0].strip() if names else cpu
-    except OSError:
-        pass
-    return f"CPU: {cpu}, {os.cpu_count()} cores visible; load average at start {os.getloadavg()[0]:.1f}"
-
-
-def git_commit() -> str:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True)  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")

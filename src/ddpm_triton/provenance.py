@@ -1,0 +1,37 @@
+"""Where and from what a measurement came: every result file in benchmarks/results records both."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def describe_device(device: str = "cpu") -> str:
+    """'GPU: <name>' for a CUDA device, else the CPU model, the cores visible and the load at the start."""
+    if str(device).startswith("cuda"):
+        return f"GPU: {torch.cuda.get_device_name(torch.device(device))}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+        cpu = names[0].strip() if names else cpu
+    except OSError:
+        pass
+    return f"CPU: {cpu}, {os.cpu_count()} cores visible; load average at start {os.getloadavg()[0]:.1f}"
+
+
+def git_commit() -> str:
+    """HEAD of the checkout this package runs from, marked when tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
