@@ -25,8 +25,6 @@ from ddpm_triton.provenance import describe_device, git_commit
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "mnist" / "ema.safetensors")
@@ -66,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         "date": started.isoformat(timespec="seconds"),
         "device": describe_device(args.device),
         "commit": git_commit(),
-        "command": "python benchmarks/quality.py "
-        + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+        "command": " ".join(
+            ["python benchmarks/quality.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]
+        ),
         "versions": f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}",
     }
     report = evaluate(
