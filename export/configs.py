@@ -39,17 +39,35 @@ UNET_PREFERENCE = {
 }
 
 
+# Where `ddpm` runs the U-Net on each target (see serving/ddpm_model.py): in its own process where
+# PyTorch or the artifact's runtime is at hand, through BLS where only a native backend runs it.
+EXECUTION = {"cpu": "in_process", "gpu": "in_process", "container": "bls"}
+
+WEIGHTS = "model.safetensors"
+"""The checkpoint's weights, copied into `ddpm/1/`: what the GPU fast path loads."""
+
+
 @dataclass(frozen=True)
 class ServingOptions:
     max_batch_size: int = 16
-    """Images per `ddpm` batch; U-Nets take twice as many (guidance doubles the batch)."""
+    """Images per request (Triton rejects larger requests before they reach the model)."""
+    max_step_batch: int = 64
+    """Images per U-Net call, across requests; U-Net models take twice as many (guidance doubles it)."""
+    max_queued_images: int = 256
+    """Images admitted at once (stepping or waiting for a place in a step); beyond it requests are refused."""
     default_steps: int = 50
     default_sampler: str = "ddim"
     default_eta: float = 0.0
     default_guidance_scale: float = 2.0
     unet: str | None = None
-    """The U-Net `ddpm` calls on every target; None picks by UNET_PREFERENCE."""
-    ddpm_queue_delay_us: int = 2000
+    """The U-Net `ddpm` runs on every target; None picks by UNET_PREFERENCE (on a GPU: the weights)."""
+    execution: str | None = None
+    """in_process or bls on every target; None picks by EXECUTION."""
+    gpu_precision: str = "fp16"
+    """Compute precision of the weights on the GPU fast path."""
+    compile: bool = True
+    """torch.compile the U-Net on the GPU fast path (a minute at load; fused GroupNorm+SiLU)."""
+    ddpm_queue_delay_us: int = 0
     unet_queue_delay_us: int = 500
 
 
@@ -74,6 +92,20 @@ def unet_output_name(variant: Variant, target: str) -> str:
     return artifacts.OUTPUT_EPS + ("__0" if target == "container" and variant.format == "torchscript" else "")
 
 
+def _in_process(unet: str, options: ServingOptions, target: str) -> dict[str, str]:
+    """Parameters of the in-process U-Net: the weights on a GPU unless a U-Net was named, else `unet`'s artifact."""
+    if target == "gpu" and options.unet is None:
+        artifact, precision, fast = f"{contract.MODEL_NAME}/1/{WEIGHTS}", options.gpu_precision, True
+    else:
+        artifact, precision, fast = f"{unet}/1/{Variant.from_model_name(unet).filename}", "fp32", False
+    return {
+        "unet_artifact": artifact,
+        "precision": precision,
+        "compile": str(fast and options.compile).lower(),
+        "cuda_graphs": str(fast).lower(),
+    }
+
+
 def ddpm_config(model: ModelConfig, unet: str, options: ServingOptions, target: str) -> dict[str, Any]:
     u = model.unet
     image = contract.IMAGE
@@ -91,8 +123,12 @@ def ddpm_config(model: ModelConfig, unet: str, options: ServingOptions, target: 
         "instance_group": [{"count": 1, "kind": _kind(target)}],
         "parameters": parameters(
             {
+                "unet_execution": options.execution or EXECUTION[target],
+                **_in_process(unet, options, target),
                 "unet_model": unet,
                 "unet_output": unet_output_name(Variant.from_model_name(unet), target),
+                "max_step_batch": str(options.max_step_batch),
+                "max_queued_images": str(options.max_queued_images),
                 "timesteps": str(model.diffusion.timesteps),
                 "schedule": model.diffusion.schedule,
                 "image_size": str(u.image_size),
@@ -125,7 +161,7 @@ def unet_config(model: ModelConfig, variant: Variant, options: ServingOptions, t
         config["backend"] = "python"
     config.update(
         {
-            "max_batch_size": 2 * options.max_batch_size,
+            "max_batch_size": 2 * options.max_step_batch,
             "input": inputs,
             "output": [{"name": unet_output_name(variant, target), "data_type": Enum("TYPE_FP32"), "dims": image_dims}],
             "dynamic_batching": {"max_queue_delay_microseconds": options.unet_queue_delay_us},

@@ -18,7 +18,9 @@ import torch
 from ddpm_triton.artifacts import INPUT_LABEL, INPUT_T, INPUT_X, OUTPUT_EPS
 from ddpm_triton.unet import UNet
 
-from .interface import PrecisionWrapper, example_inputs
+from ddpm_triton.precision import PrecisionWrapper
+
+from .interface import example_inputs
 
 MIN_OPSET = 17
 """The oldest opset verified here. 18, the default, is what the exporter writes natively (GroupNorm

@@ -17,12 +17,13 @@ from ddpm_client import contract
 
 from ddpm_triton.artifacts import Variant
 from ddpm_triton.checkpoint import load_model
+from ddpm_triton.checkpoint import resolve as checkpoint_file
 from ddpm_triton.config import ModelConfig
 from ddpm_triton.runners import load_runner
 from ddpm_triton.unet import UNet
 
 from . import pbtxt
-from .configs import TARGETS, ServingOptions, choose_unet, ddpm_config, unet_config
+from .configs import TARGETS, WEIGHTS, ServingOptions, choose_unet, ddpm_config, unet_config
 from .onnx import export_onnx
 from .quantize import calibration_inputs, quantize_int8
 from .tensorrt import TensorRTUnavailable, build_engine
@@ -128,7 +129,7 @@ def export_repository(
     reference_inputs = verification_inputs(config)
     reports, built = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        builder = ArtifactBuilder(model, config, Path(tmp), data_dir, 2 * options.max_batch_size)
+        builder = ArtifactBuilder(model, config, Path(tmp), data_dir, 2 * options.max_step_batch)
         for variant in variants:
             path = repository / variant.model_name / "1" / variant.filename
             try:
@@ -142,5 +143,8 @@ def export_repository(
             on_artifact(report)
     if not built:
         raise ValueError("no U-Net artifact could be built; the repository would have nothing to serve")
+    weights = repository / contract.MODEL_NAME / "1" / WEIGHTS
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint_file(checkpoint), weights)
     write_configs(repository, config, built, options)
     return reports

@@ -15,7 +15,9 @@ import torch
 
 from ddpm_triton.unet import UNet
 
-from .interface import PrecisionWrapper, example_inputs
+from ddpm_triton.precision import PrecisionWrapper
+
+from .interface import example_inputs
 
 
 def export_torchscript(model: UNet, path: Path, precision: str) -> Path:

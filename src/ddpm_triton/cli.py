@@ -106,6 +106,10 @@ def cmd_export(args: argparse.Namespace) -> None:
         default_sampler=args.default_sampler,
         default_guidance_scale=args.default_guidance_scale,
         unet=args.unet,
+        max_step_batch=args.max_step_batch,
+        max_queued_images=args.max_queued_images,
+        execution=args.execution,
+        compile=args.compile,
     )
 
     def show(report: ArtifactReport) -> None:
@@ -328,8 +332,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     p.add_argument("--formats", type=_csv, default=["onnx", "torchscript"], help=f"of {','.join(FORMATS)}")
     p.add_argument("--precisions", type=_csv, default=["fp32", "int8"], help=f"of {','.join(PRECISIONS)}")
-    p.add_argument("--unet", default=None, help="U-Net model ddpm calls, e.g. unet_onnx_fp32 (default: per target)")
-    p.add_argument("--max-batch-size", type=int, default=16, help="images per ddpm batch")
+    p.add_argument("--unet", default=None, help="U-Net ddpm runs, e.g. unet_onnx_fp32 (default: per target)")
+    p.add_argument("--execution", choices=("in_process", "bls"), default=None,
+                   help="run the U-Net inside ddpm or call its Triton model per step (default: bls in the container only)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="images per request")
+    p.add_argument("--max-step-batch", type=int, default=64, help="images per U-Net call, across requests")
+    p.add_argument("--max-queued-images", type=int, default=256, help="images in progress before requests are refused")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="no torch.compile on the GPU fast path")
     p.add_argument("--default-steps", type=int, default=50)
     p.add_argument("--default-sampler", choices=SAMPLERS, default="ddim")
     p.add_argument("--default-guidance-scale", type=float, default=2.0)

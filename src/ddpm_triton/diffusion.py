@@ -22,6 +22,16 @@ def _per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return values.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
 
 
+def guide(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance, eps_u + w (eps_c - eps_u), per sample.
+
+    A scale of exactly 1 returns eps_c itself, not the formula's rounding of it: an image then gets
+    the same bytes whether or not the batch it shares a U-Net call with needed guidance.
+    """
+    w = _per_sample(scale, eps_cond)
+    return torch.where(w == 1, eps_cond, eps_uncond + w * (eps_cond - eps_uncond))
+
+
 class Diffusion:
     """Tables of the process for T timesteps, with `alpha_bar[-1]` addressing alpha_bar = 1 (t = -1)."""
 

@@ -14,6 +14,8 @@ import onnxruntime as ort
 import torch
 
 from .artifacts import INPUT_LABEL, INPUT_T, INPUT_X, OUTPUT_EPS
+from .checkpoint import load_model
+from .precision import PrecisionWrapper
 
 TENSORRT_CONTAINERS = "nvcr.io/nvidia/tensorrt, nvcr.io/nvidia/pytorch or nvcr.io/nvidia/tritonserver"
 
@@ -80,6 +82,27 @@ class TorchScriptRunner(UNetRunner):
             return self.module(*inputs.values())
 
 
+class PyTorchRunner(UNetRunner):
+    """The model's own weights (.safetensors) run by PyTorch: the GPU fast path.
+
+    With no export in between, the server can use what only live PyTorch offers: channels_last
+    convolutions, torch.compile's fused GroupNorm+SiLU kernels (one compilation for every batch
+    size), and CUDA graphs captured around the whole denoising step (`stepper.Stepper`).
+    """
+
+    def __init__(self, path: Path, device: torch.device, precision: str, compile: bool) -> None:
+        model, config = load_model(path, device)
+        module = PrecisionWrapper(model, precision).to(device)
+        if device.type == "cuda":
+            module = module.to(memory_format=torch.channels_last)
+        self.module = torch.compile(module, dynamic=True) if compile else module
+        super().__init__(path, device, conditional=config.unet.conditional)
+
+    def _run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(*inputs.values())
+
+
 class OnnxRunner(UNetRunner):
     """onnxruntime, on its CUDA provider when asked for cuda and installed, else on the CPU.
 
@@ -141,20 +164,27 @@ class TensorRTRunner(UNetRunner):
         return eps
 
 
-def load_runner(path: Path, device: str = "cpu", num_threads: int | None = None) -> UNetRunner:
-    """A runner for the artifact at `path`, chosen by its suffix: .pt, .onnx or .plan.
+def load_runner(
+    path: Path, device: str = "cpu", num_threads: int | None = None, precision: str = "fp32", compile: bool = False
+) -> UNetRunner:
+    """A runner for the artifact at `path`, chosen by its suffix: .safetensors, .pt, .onnx or .plan.
 
     `num_threads` sizes the CPU thread pool (onnxruntime's per session, torch's per process);
-    None keeps the library's default.
+    None keeps the library's default. `precision` and `compile` apply to .safetensors weights,
+    which are the only artifact whose precision is chosen at load time.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no U-Net artifact at {path}")
     target = torch.device(device)
+    if path.suffix == ".safetensors":
+        if num_threads is not None and target.type == "cpu":
+            torch.set_num_threads(num_threads)
+        return PyTorchRunner(path, target, precision, compile)
     if path.suffix == ".pt":
         return TorchScriptRunner(path, target, num_threads)
     if path.suffix == ".onnx":
         return OnnxRunner(path, target, num_threads)
     if path.suffix == ".plan":
         return TensorRTRunner(path, target)
-    raise ValueError(f"{path} is not a U-Net artifact: expected a .pt (TorchScript), .onnx or .plan (TensorRT) file")
+    raise ValueError(f"{path} is not a U-Net artifact: expected .safetensors weights or a .pt (TorchScript), .onnx or .plan (TensorRT) file")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .diffusion import Diffusion
+from .diffusion import Diffusion, guide
 from .noise import SeededNoise
 
 
@@ -86,9 +86,7 @@ def denoise(
             both = yield UNetCall(
                 torch.cat([x, x]), torch.cat([t_batch, t_batch]).float(), torch.cat([batch.labels, unconditional])
             )
-            eps_cond, eps_uncond = both.chunk(2)
-            w = batch.guidance.to(x.dtype).view(-1, 1, 1, 1)
-            eps = eps_uncond + w * (eps_cond - eps_uncond)
+            eps = guide(*both.chunk(2), batch.guidance)
         else:
             eps = yield UNetCall(x, t_batch.float(), batch.labels)
         z = noise(seeds, t + 1) if stochastic and t_prev >= 0 else None

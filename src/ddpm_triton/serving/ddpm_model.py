@@ -1,11 +1,19 @@
-"""The `ddpm` Triton model: runs the denoising loop, asking a U-Net model for every step via BLS.
+"""The `ddpm` Triton model: validates requests and hands their images to the step scheduler.
 
-All images of the requests in one dynamic batch that share a step count run as one loop, and
-loops of different step counts run concurrently (each image carries its own timestep, so the
-U-Net model's dynamic batcher can merge their calls). `execute` is a coroutine, but Triton 2.51
-runs a non-decoupled model's execute to completion before it takes the next batch: requests that
-arrive while a batch is mid-loop wait for it (measured in tests/test_reliability.py's notes and
-benchmarks/README.md). Step-level batching across such requests is the open part of issue 5.
+`execute` never waits for sampling. Each request gets its response sender; valid requests are
+submitted to a `StepScheduler` whose worker thread batches the denoising steps of every request in
+flight and answers each one through its sender when its last image is done (a non-decoupled model
+may do this: one response per request, flagged final, and `execute` returns None). Triton can
+therefore hand `execute` the next requests while earlier ones are mid-loop, and they join the
+very next U-Net call.
+
+Where the U-Net runs (model config parameters):
+- `unet_execution: in_process` loads `unet_artifact` (a path in the repository) into this process:
+  .safetensors weights through PyTorch (with `precision`, `compile`, `cuda_graphs`: the GPU fast
+  path), or an exported .onnx / .pt / .plan through its runtime;
+- `unet_execution: bls` calls the Triton model `unet_model` once per step (one BLS request per
+  U-Net batch, not per image): the way to reach the native TensorRT and ONNX Runtime backends of
+  NVIDIA's container.
 
 Loaded by the Python backend through `model_repository/ddpm/1/model.py`; it only runs inside
 Triton's Python stub, where `triton_python_backend_utils` exists.
@@ -13,9 +21,9 @@ Triton's Python stub, where `triton_python_backend_utils` exists.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
-from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,14 +34,13 @@ from ddpm_client import contract
 from .. import artifacts
 from ..config import DiffusionConfig
 from ..diffusion import Diffusion
-from ..noise import SeededNoise
-from ..sampling import Batch, UNetCall, denoise, to_uint8
+from ..runners import load_runner
+from ..scheduler import Busy, Job, StepScheduler
+from ..stepper import Stepper, UNetFn
 from .instance import instance_device, parameters
-from .requests import Defaults, ImageOptions, InvalidInput, ModelFacts, parse
+from .requests import Defaults, InvalidInput, ModelFacts, parse
 
-
-class UNetFailed(RuntimeError):
-    """The U-Net model answered a BLS call with an error."""
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 class TritonPythonModel:
@@ -41,89 +48,68 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         p = parameters(config)
         self.device = instance_device(args)
-        self.unet_model, self.unet_output = p["unet_model"], p["unet_output"]
         self.facts = ModelFacts(int(p["timesteps"]), int(p["num_classes"]), int(config["max_batch_size"]))
         self.defaults = Defaults(
             int(p["default_steps"]), p["default_sampler"], float(p["default_eta"]), float(p["default_guidance_scale"])
         )
-        self.diffusion = Diffusion(DiffusionConfig(self.facts.timesteps, p["schedule"]), self.device)
         size, channels = int(p["image_size"]), int(p["channels"])
-        self.noise = SeededNoise((channels, size, size), self.device)
-        pb_utils.Logger.log_info(f"ddpm: U-Net model {self.unet_model!r} on {self.device}")
+        max_step_batch, capacity = int(p["max_step_batch"]), int(p["max_queued_images"])
+        unet, where = self._unet(p, Path(args["model_repository"]).parent)
+        stepper = Stepper(
+            unet,
+            Diffusion(DiffusionConfig(self.facts.timesteps, p["schedule"]), self.device),
+            (channels, size, size),
+            capacity=capacity,
+            max_steps=self.facts.timesteps,
+            null_label=self.facts.num_classes if self.facts.num_classes else None,
+            device=self.device,
+            cuda_graphs=p["cuda_graphs"] == "true",
+            max_batch=max_step_batch,
+        )
+        stepper.warm_up(
+            guided=bool(self.facts.num_classes) and self.defaults.guidance_scale != 1,
+            stochastic=self.defaults.sampler == "ddpm" or self.defaults.eta > 0,
+        )
+        self.scheduler = StepScheduler(stepper, self.facts.timesteps, capacity, max_step_batch)
+        self.metrics = _Metrics(self.scheduler)
+        self.scheduler.start()
+        pb_utils.Logger.log_info(
+            f"ddpm: U-Net {where} on {self.device}; up to {max_step_batch} images per step, {capacity} in progress"
+        )
 
-    async def execute(self, requests: list[Any]) -> list[Any]:
-        responses: list[Any] = [None] * len(requests)
-        accepted: list[tuple[int, ImageOptions]] = []
-        for i, request in enumerate(requests):
+    def execute(self, requests: list[Any]) -> None:
+        for request in requests:
+            sender = request.get_response_sender()
             try:
-                accepted.append((i, parse(self._arrays(request), self.facts, self.defaults)))
+                options = parse(self._arrays(request), self.facts, self.defaults)
+                self.scheduler.submit(
+                    Job(options, done=functools.partial(self._reply, sender), failed=functools.partial(self._fail, sender))
+                )
             except InvalidInput as err:
-                responses[i] = _error(str(err), pb_utils.TritonError.INVALID_ARG)
-        if accepted:
-            try:
-                images = await self._generate(_concat([options for _, options in accepted]))
-            except UNetFailed as err:
-                for i, _ in accepted:
-                    responses[i] = _error(str(err), pb_utils.TritonError.UNAVAILABLE)
-            else:
-                start = 0
-                for i, options in accepted:
-                    chunk = images[start : start + len(options)]
-                    start += len(options)
-                    responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(contract.IMAGE.name, chunk)])
-        return responses
+                _send_error(sender, str(err), pb_utils.TritonError.INVALID_ARG)
+            except Busy as err:
+                _send_error(sender, str(err), pb_utils.TritonError.UNAVAILABLE)
+        return None
 
     def finalize(self) -> None:
+        self.scheduler.stop("the ddpm model is being unloaded")
         pb_utils.Logger.log_info("ddpm: unloaded")
 
-    # ---- sampling --------------------------------------------------------------------------------
+    def _reply(self, sender: Any, images: np.ndarray) -> None:
+        sender.send(pb_utils.InferenceResponse([pb_utils.Tensor(contract.IMAGE.name, images)]), flags=FINAL)
+        self.metrics.update()
 
-    async def _generate(self, options: ImageOptions) -> np.ndarray:
-        """uint8 images [n, H, W, C]; one denoising loop per distinct step count, run concurrently."""
-        groups = [np.flatnonzero(options.steps == s) for s in np.unique(options.steps)]
-        results = await asyncio.gather(*(self._drive(self._loop(options, index)) for index in groups))
-        images = np.empty((len(options), *results[0].shape[1:]), np.uint8)
-        for index, result in zip(groups, results):
-            images[index] = result
-        return images
+    def _fail(self, sender: Any, message: str) -> None:
+        _send_error(sender, message, pb_utils.TritonError.UNAVAILABLE)
+        self.metrics.update()
 
-    def _loop(self, options: ImageOptions, index: np.ndarray) -> Generator[UNetCall, torch.Tensor, torch.Tensor]:
-        def tensor(values: np.ndarray | None) -> torch.Tensor | None:
-            return None if values is None else torch.from_numpy(values[index]).to(self.device)
-
-        batch = Batch(
-            seeds=tensor(options.seeds),
-            steps=int(options.steps[index[0]]),
-            eta=tensor(options.eta),
-            labels=tensor(options.labels),
-            guidance=tensor(options.guidance),
-        )
-        return denoise(batch, self.diffusion, self.noise, null_label=self.facts.num_classes)
-
-    async def _drive(self, loop: Generator[UNetCall, torch.Tensor, torch.Tensor]) -> np.ndarray:
-        try:
-            call = next(loop)
-            while True:
-                call = loop.send(await self._unet(call))
-        except StopIteration as done:
-            return to_uint8(done.value).cpu().numpy()
-
-    async def _unet(self, call: UNetCall) -> torch.Tensor:
-        inputs = [
-            pb_utils.Tensor.from_dlpack(artifacts.INPUT_X, call.x.contiguous()),
-            pb_utils.Tensor.from_dlpack(artifacts.INPUT_T, call.t.reshape(-1, 1).contiguous()),
-        ]
-        if call.labels is not None:
-            labels = call.labels.to(torch.int32).reshape(-1, 1).contiguous()
-            inputs.append(pb_utils.Tensor.from_dlpack(artifacts.INPUT_LABEL, labels))
-        request = pb_utils.InferenceRequest(
-            model_name=self.unet_model, inputs=inputs, requested_output_names=[self.unet_output]
-        )
-        response = await request.async_exec()
-        if response.has_error():
-            raise UNetFailed(f"U-Net model {self.unet_model!r} failed: {response.error().message()}")
-        eps = pb_utils.get_output_tensor_by_name(response, self.unet_output)
-        return torch.from_dlpack(eps.to_dlpack()).to(self.device)
+    def _unet(self, p: dict[str, str], repository: Path) -> tuple[UNetFn, str]:
+        """The U-Net callable and a description of where it runs."""
+        if p["unet_execution"] == "bls":
+            return functools.partial(_bls_unet, p["unet_model"], p["unet_output"], self.device), f"model {p['unet_model']!r} (BLS)"
+        path = repository / p["unet_artifact"]
+        runner = load_runner(path, str(self.device), precision=p["precision"], compile=p["compile"] == "true")
+        return runner, f"{p['unet_artifact']} in process ({p['precision']}, compile={p['compile']}, cuda_graphs={p['cuda_graphs']})"
 
     @staticmethod
     def _arrays(request: Any) -> dict[str, np.ndarray | None]:
@@ -134,13 +120,45 @@ class TritonPythonModel:
         return arrays
 
 
-def _concat(parts: list[ImageOptions]) -> ImageOptions:
-    def join(name: str) -> np.ndarray | None:
-        values = [getattr(p, name) for p in parts]
-        return None if values[0] is None else np.concatenate(values)
-
-    return ImageOptions(*(join(name) for name in ("seeds", "steps", "eta", "labels", "guidance")))
+class UNetFailed(RuntimeError):
+    """The U-Net model answered a BLS call with an error."""
 
 
-def _error(message: str, code: Any) -> Any:
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+def _bls_unet(model: str, output: str, device: torch.device, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    inputs = [
+        pb_utils.Tensor.from_dlpack(artifacts.INPUT_X, x.contiguous()),
+        pb_utils.Tensor.from_dlpack(artifacts.INPUT_T, t.reshape(-1, 1).contiguous()),
+    ]
+    if labels is not None:
+        inputs.append(pb_utils.Tensor.from_dlpack(artifacts.INPUT_LABEL, labels.to(torch.int32).reshape(-1, 1).contiguous()))
+    response = pb_utils.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=[output]).exec()
+    if response.has_error():
+        raise UNetFailed(f"U-Net model {model!r} failed: {response.error().message()}")
+    eps = pb_utils.get_output_tensor_by_name(response, output)
+    return torch.from_dlpack(eps.to_dlpack()).to(device)
+
+
+def _send_error(sender: Any, message: str, code: Any) -> None:
+    sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)), flags=FINAL)
+
+
+class _Metrics:
+    """Custom Prometheus metrics on Triton's metrics port: how well steps are being batched."""
+
+    def __init__(self, scheduler: StepScheduler) -> None:
+        self.scheduler = scheduler
+        calls = pb_utils.MetricFamily("ddpm_unet_calls", "U-Net calls (denoising steps) run", pb_utils.MetricFamily.COUNTER)
+        images = pb_utils.MetricFamily(
+            "ddpm_images_stepped", "image-steps run; divided by ddpm_unet_calls: the mean step batch", pb_utils.MetricFamily.COUNTER
+        )
+        progress = pb_utils.MetricFamily("ddpm_images_in_progress", "images admitted and not yet finished", pb_utils.MetricFamily.GAUGE)
+        self.calls, self.images, self.progress = calls.Metric(), images.Metric(), progress.Metric()
+        self._reported = (0, 0)
+
+    def update(self) -> None:
+        counters = self.scheduler.counters
+        calls, images = counters.unet_calls, counters.images_stepped
+        self.calls.increment(calls - self._reported[0])
+        self.images.increment(images - self._reported[1])
+        self._reported = (calls, images)
+        self.progress.set(self.scheduler.in_progress)

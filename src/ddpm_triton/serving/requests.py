@@ -13,6 +13,7 @@ import numpy as np
 from ddpm_client import contract
 
 from ..sampling import sampler_eta
+from ..scheduler import ImageOptions
 
 
 class InvalidInput(ValueError):
@@ -34,20 +35,6 @@ class ModelFacts:
     timesteps: int
     num_classes: int  # 0: unconditional
     max_batch_size: int
-
-
-@dataclass(frozen=True)
-class ImageOptions:
-    """Per-image options of one request, arrays of length n."""
-
-    seeds: np.ndarray  # int64
-    steps: np.ndarray  # int64
-    eta: np.ndarray  # float32
-    labels: np.ndarray | None  # int64 in [0, num_classes], num_classes = unconditional
-    guidance: np.ndarray | None  # float32
-
-    def __len__(self) -> int:
-        return len(self.seeds)
 
 
 def _column(inputs: Mapping[str, np.ndarray | None], spec: contract.TensorSpec, n: int) -> np.ndarray | None:

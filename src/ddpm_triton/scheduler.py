@@ -1,0 +1,224 @@
+"""Step-level batching across requests: one worker that keeps every in-flight image moving.
+
+A request's images join the running set as soon as they arrive and each U-Net call takes the
+next step of up to `max_batch` of them, whatever their request, step count or sampler; a request
+is answered the moment its last image finishes. Compared with running each request's loop to the
+end, a newcomer waits for at most one step instead of a whole loop, and a GPU busy with one
+long request still serves short ones.
+
+Fairness and bounds: images are stepped oldest request first, so a request only ever waits behind
+requests that arrived before it and each of those finishes in a bounded number of steps: nothing
+starves. At most `capacity` images are admitted (running or waiting for a place in a step); a
+request that would exceed it is refused at once with `Busy` rather than queued without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from .sampling import timesteps
+from .stepper import Stepper
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Busy(RuntimeError):
+    """Admitting the request would exceed the bound on admitted images; try again later."""
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """Per-image options of one request, arrays of length n."""
+
+    seeds: np.ndarray  # int64
+    steps: np.ndarray  # int64
+    eta: np.ndarray  # float32: 1 = DDPM ancestral, 0 = deterministic DDIM
+    labels: np.ndarray | None = None  # int64 in [0, num_classes], num_classes = unconditional
+    guidance: np.ndarray | None = None  # float32
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+
+@dataclass(eq=False)
+class Job:
+    images: ImageOptions
+    done: Callable[[np.ndarray], None]
+    """Called from the worker thread with uint8 images [n, H, W, C], in request order."""
+    failed: Callable[[str], None]
+    """Called from the worker thread with a message when the request cannot finish."""
+    slots: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+
+
+@dataclass
+class Counters:
+    """Totals since start, for metrics: images / unet_calls is the mean U-Net batch."""
+
+    unet_calls: int = 0
+    images_stepped: int = 0
+    requests_done: int = 0
+    requests_failed: int = 0
+
+
+class StepScheduler:
+    def __init__(self, stepper: Stepper, num_train_steps: int, capacity: int, max_batch: int) -> None:
+        self.stepper, self.num_train_steps = stepper, num_train_steps
+        self.capacity, self.max_batch = capacity, max_batch
+        self.counters = Counters()
+        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._admitted = 0  # images submitted and not yet finished (guarded by _lock)
+        self._free = list(range(capacity - 1, -1, -1))
+        self._running: list[Job] = []  # in arrival order
+        # Host mirrors of the per-slot progress: the worker never reads the device to schedule.
+        self._position = np.zeros(capacity, np.int64)
+        self._length = np.zeros(capacity, np.int64)
+        self._stochastic = np.zeros(capacity, bool)
+        self._guided = np.zeros(capacity, bool)
+        self._thread: threading.Thread | None = None
+
+    # ---- producer side (any thread) --------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue a request; raise Busy if it would take admitted images past `capacity`."""
+        n = len(job.images)
+        with self._lock:
+            if self._admitted + n > self.capacity:
+                raise Busy(
+                    f"the server is at capacity: {self._admitted} images in progress and this request asks for {n} "
+                    f"(limit {self.capacity}); retry later"
+                )
+            self._admitted += n
+        self._inbox.put(job)
+
+    @property
+    def in_progress(self) -> int:
+        with self._lock:
+            return self._admitted
+
+    # ---- worker ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._serve, name="ddpm-step-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, reason: str) -> None:
+        """End the worker; requests still in progress fail with `reason`."""
+        if self._thread is not None:
+            self._inbox.put(None)
+            self._thread.join()
+            self._thread = None
+        for job in self._running:
+            self._fail(job, reason)
+        self._running.clear()
+        while not self._inbox.empty():
+            job = self._inbox.get_nowait()
+            if job is not None:
+                self._fail(job, reason)
+
+    def _serve(self) -> None:
+        while True:
+            # Block only when idle; otherwise take whatever arrived since the last step.
+            if not self._running and not self._admit(self._inbox.get()):
+                return
+            while not self._inbox.empty():
+                if not self._admit(self._inbox.get_nowait()):
+                    return
+            self.step()
+
+    def run_until_idle(self) -> None:
+        """Drive the submitted requests to completion on the calling thread (offline use, tests)."""
+        while True:
+            while not self._inbox.empty():
+                self._admit(self._inbox.get_nowait())
+            if not self._running:
+                return
+            self.step()
+
+    def _admit(self, job: Job | None) -> bool:
+        if job is None:
+            return False
+        images = job.images
+        job.slots = np.array([self._free.pop() for _ in range(len(images))], np.int64)
+        schedules = [timesteps(self.num_train_steps, int(s)) for s in images.steps]
+        try:
+            self.stepper.admit(job.slots, images.seeds, schedules, images.eta, images.labels, images.guidance)
+        except Exception as err:  # noqa: BLE001 - a failed admission fails its request, not the server
+            log.exception("admitting a request failed")
+            self._fail(job, f"could not start sampling: {err}")
+            return True
+        self._position[job.slots] = 0
+        self._length[job.slots] = [len(s) for s in schedules]
+        self._stochastic[job.slots] = images.eta > 0
+        self._guided[job.slots] = False if images.guidance is None else images.guidance != 1
+        self._running.append(job)
+        return True
+
+    def step(self) -> None:
+        """One U-Net call over the oldest requests' unfinished images, then answer whoever finished."""
+        selection = self._select()
+        if len(selection) == 0:
+            return
+        try:
+            self.stepper.advance(selection, bool(self._guided[selection].any()), bool(self._stochastic[selection].any()))
+        except Exception as err:  # noqa: BLE001 - a failed step fails the requests in it, not the server
+            log.exception("a denoising step failed")
+            stepped = set(selection.tolist())
+            for job in [j for j in self._running if stepped.intersection(j.slots.tolist())]:
+                self._running.remove(job)
+                self._fail(job, f"denoising failed: {err}")
+            return
+        self.counters.unet_calls += 1
+        self.counters.images_stepped += len(selection)
+        self._position[selection] += 1
+        for job in [j for j in self._running if (self._position[j.slots] == self._length[j.slots]).all()]:
+            self._running.remove(job)
+            self._finish(job)
+
+    def _select(self) -> np.ndarray:
+        chosen, room = [], self.max_batch
+        for job in self._running:
+            pending = job.slots[self._position[job.slots] < self._length[job.slots]]
+            chosen.append(pending[:room])
+            room -= len(chosen[-1])
+            if room == 0:
+                break
+        return np.concatenate(chosen) if chosen else np.empty(0, np.int64)
+
+    def _finish(self, job: Job) -> None:
+        try:
+            images = self.stepper.images(job.slots)
+        except Exception as err:  # noqa: BLE001
+            log.exception("reading finished images failed")
+            self._fail(job, f"could not read the finished images: {err}")
+            return
+        self._release(job)
+        self.counters.requests_done += 1
+        _notify(job.done, images)
+
+    def _fail(self, job: Job, message: str) -> None:
+        self._release(job)
+        self.counters.requests_failed += 1
+        _notify(job.failed, message)
+
+    def _release(self, job: Job) -> None:
+        self._free.extend(job.slots.tolist())
+        with self._lock:
+            self._admitted -= len(job.images)
+        job.slots = job.slots[:0]
+
+
+def _notify(callback: Callable[[T], None], value: T) -> None:
+    """Run a job's callback; its failure (a client gone, say) must not stop the worker."""
+    try:
+        callback(value)
+    except Exception:  # noqa: BLE001
+        log.exception("a request's completion callback failed")
