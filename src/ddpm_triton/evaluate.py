@@ -399,7 +399,8 @@ def evaluate(
                     row.n, row.accuracy = n, score["accuracy"]
                     row.frechet, row.frechet_real = score["frechet"], score["frechet_real"]
                     if name != PYTORCH:
-                        diff = compare(cached[PYTORCH][:n], out, judge.classifier)
+                        common = min(n, len(cached[PYTORCH]))  # the same seeds in both
+                        diff = compare(cached[PYTORCH][:common], out[:common], judge.classifier)
                         row.mean_diff, row.max_diff, row.agreement = (
                             diff["mean_diff"],
                             diff["max_diff"],
