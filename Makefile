@@ -12,6 +12,7 @@ DATA_DIR    ?= ../shared/data/mnist
 HTTP_PORT   ?= 8000
 GRPC_PORT   ?= 8001
 METRICS_PORT?= 8002
+WATCHDOG_INTERVAL ?= 1
 DEVICE      ?= cpu
 EXPORT_ARGS ?= --formats onnx,torchscript --precisions fp32,int8
 PYTEST_ARGS ?=
@@ -26,7 +27,8 @@ STAMP_REPOSITORY := $(REPOSITORY)/.exported
 help:
 	@echo "make demo        set up, serve the shipped model, write demo.png"
 	@echo "make test        set up, run every test (real tritonserver, real perf_analyzer)"
-	@echo "make serve       run tritonserver on $(REPOSITORY) (HTTP_PORT, GRPC_PORT, METRICS_PORT, DEVICE=cpu|gpu)"
+	@echo "make serve       run tritonserver on $(REPOSITORY) (HTTP_PORT, GRPC_PORT, METRICS_PORT, DEVICE=cpu|gpu,"
+	@echo "                 WATCHDOG_INTERVAL=seconds between stub checks, 0: off)"
 	@echo "make repository  export $(CHECKPOINT) into $(REPOSITORY)"
 
 venv: $(STAMP_VENV)
@@ -55,7 +57,8 @@ docker-compose:
 
 serve: $(STAMP_VENV) $(STAMP_SERVER) $(STAMP_REPOSITORY)
 	$(PY) -m ddpm_triton serve --repository $(REPOSITORY) --device $(DEVICE) \
-		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
+		--watchdog-interval $(WATCHDOG_INTERVAL)
 
 demo: $(STAMP_VENV) $(STAMP_SERVER) $(STAMP_REPOSITORY)
 	$(PY) -m ddpm_triton demo --repository $(REPOSITORY) --out demo.png \

@@ -45,5 +45,7 @@ EXPOSE 8000 8001 8002
 
 WORKDIR /opt/tritonserver
 # The wrapper goes in CMD so that the base image's ENTRYPOINT (NVIDIA's start-up script) still runs
-# first. docker-compose.yml replaces these arguments to choose the models it loads.
-CMD ["ddpm-tritonserver", "--model-repository=/models", "--model-config-name=container"]
+# first. docker-compose.yml replaces these arguments to choose the models it loads. Explicit model
+# control with every model loaded: the wrapper's watchdog reloads models, which needs the load API.
+CMD ["ddpm-tritonserver", "--model-repository=/models", "--model-config-name=container", \
+     "--model-control-mode=explicit", "--load-model=*"]

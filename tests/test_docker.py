@@ -41,7 +41,7 @@ INSTALL_YAML = "pip install pyyaml  (into the project's venv; `make test` instal
 COMPOSE_VARIABLES = (
     "NGC_RELEASE", "GPU_DEVICE", "CHECKPOINT", "MODELS_DIR", "UNET_FORMAT", "UNET_PRECISION",
     "MAX_BATCH_SIZE", "CALIBRATION_DIR", "TRITON_ADMIN_KEY", "TRITON_BIND_ADDRESS",
-    "PROMETHEUS_BIND_ADDRESS", "LOADTEST_CONCURRENCY",
+    "PROMETHEUS_BIND_ADDRESS", "LOADTEST_CONCURRENCY", "WATCHDOG_INTERVAL",
 )
 
 
@@ -156,6 +156,20 @@ def test_export_and_triton_share_the_repository(compose):
     [unet] = _option(export_cmd, "unet")
     assert set(_option(triton_cmd, "load-model")) == {"ddpm", unet}, triton_cmd
     assert unet == f"unet_{_option(export_cmd, 'formats')[0]}_{_option(export_cmd, 'precisions')[0]}"
+
+
+def test_triton_runs_the_stub_watchdog(compose):
+    """The wrapper starts the watchdog (tests/test_reliability.py runs it on the pip server); it
+    reloads models, so Triton must be in explicit model-control mode, in compose and in the image."""
+    triton = compose["services"]["triton"]
+    assert _option(triton["command"], "model-control-mode") == ["explicit"], triton["command"]
+    assert str(triton["environment"]["WATCHDOG_INTERVAL"]) == "1", triton["environment"]
+    cmd = json.loads(re.search(r"^CMD\s+(\[.*?\])\s*$", SERVER_DOCKERFILE.read_text().replace("\\\n", ""),
+                               re.MULTILINE | re.DOTALL).group(1))  # fmt: skip
+    assert _option(cmd, "model-control-mode") == ["explicit"] and _option(cmd, "load-model") == ["*"], cmd
+    script = (DOCKER / "tritonserver-entrypoint.sh").read_text()
+    assert "python3 -m ddpm_triton.watchdog --server-pid \"$$\"" in script
+    assert script.index("ddpm_triton.watchdog") < script.index("exec tritonserver")
 
 
 def test_compose_commands_name_the_wrappers_the_images_install(compose):

@@ -5,13 +5,16 @@ reuses it too, for half a minute. Every fault test starts a server of its own (e
 control, only `ddpm` and its U-Net loaded, so it starts in half the time), so a killed stub or a
 reload cannot disturb any other test.
 
-What Triton 2.51 itself does, found by these tests and relied on below:
-- a killed `triton_python_backend_stub` fails its in-flight requests within about a second
-  ("Stub process 'ddpm_0_0' is not healthy.") but is NOT restarted: since python_backend r24.07 the
-  restart path is gone, and the model keeps reporting READY. A reload through the model-repository
-  API (admin key) starts a new stub; the test does that and checks the model serves again.
+What Triton 2.51 itself does, found by these tests and relied on below (src/ddpm_triton/watchdog.py
+has the whole list):
+- a killed `triton_python_backend_stub` fails the requests its model is executing within about a
+  second ("Stub process 'unet_onnx_fp32_0_0' is not healthy.", which `ddpm` passes on when its U-Net
+  call fails), and every later request the same way, but is NOT restarted: python_backend removed
+  the restart in r24.06, and the model keeps reporting READY. The watchdog that every
+  `TritonServer` runs sees the stub gone from the process table and reloads the model through the
+  model-repository API (admin key); the fault test checks that it serves again with no one's help.
 - `load` of an unchanged, loaded model is a no-op; a config override with a changed parameter
-  forces a real reload (new stub), which is what `_force_reload` sends.
+  forces a real reload (new stub), which is what `_force_reload` (and the watchdog) send.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +42,7 @@ from tritonclient.utils import InferenceServerException
 
 from ddpm_triton.soak import process_tree, rss_bound, soak, write_report
 from ddpm_triton.tritonserver import ADMIN_HEADER, ServerFiles, TritonServer, free_port
+from ddpm_triton.watchdog import Stub, alive, stubs
 
 pytestmark = pytest.mark.server
 
@@ -72,12 +77,13 @@ def _http(server: TritonServer, timeout_s: float = 60) -> Iterator[httpclient.In
         client.close()
 
 
-def _infer(server: TritonServer, specs: list[Spec], protocol: str = "grpc", timeout_s: float = 120) -> np.ndarray:
+def _infer(server: TritonServer, specs: list[Spec], protocol: str = "grpc", timeout_s: float = 120,
+           model: str = "ddpm", output: str = "IMAGE") -> np.ndarray:  # fmt: skip
     if protocol == "grpc":
         with grpcclient.InferenceServerClient(server.grpc_url) as client:
-            return client.infer("ddpm", _tensors(grpcclient, specs), client_timeout=timeout_s).as_numpy("IMAGE")
+            return client.infer(model, _tensors(grpcclient, specs), client_timeout=timeout_s).as_numpy(output)
     with _http(server, timeout_s) as client:
-        return client.infer("ddpm", _tensors(httpclient, specs)).as_numpy("IMAGE")
+        return client.infer(model, _tensors(httpclient, specs)).as_numpy(output)
 
 
 def _good(seeds: list[int], steps: int = STEPS) -> list[Spec]:
@@ -233,29 +239,12 @@ def test_short_soak_has_no_failures_and_bounded_memory(server, tmp_path):
 # ---- 3. faults, each on a server of its own ------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Stub:
-    model: str
-    pid: int
-    region: str  # its shared-memory region in /dev/shm
-
-
 def _stubs(server: TritonServer, model: str | None = None) -> list[Stub]:
-    """Live triton_python_backend_stub processes (of `model`), from /proc: argv is stub, model.py, shm region, ...
+    """Live triton_python_backend_stub processes (of `model`), as the watchdog sees them.
 
     While a model is reloaded its old and new stubs both live for a moment.
     """
-    stubs = []
-    for pid in process_tree(server.process.pid)[1:]:
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 2:
-            stub = Stub(Path(argv[1].decode()).parent.parent.name, pid, argv[2].decode())
-            if model is None or stub.model == model:
-                stubs.append(stub)
-    return stubs
+    return [s for s in stubs(server.process.pid) if model is None or s.model == model]
 
 
 def _pids(server: TritonServer, model: str) -> set[int]:
@@ -265,17 +254,16 @@ def _pids(server: TritonServer, model: str) -> set[int]:
 @contextmanager
 def _own_server(home: Path, tmp_path: Path, http_port: int = 0, grpc_port: int = 0, admin_key: str | None = None,
                 models: tuple[str, ...] = ("ddpm", "unet_onnx_fp32")) -> Iterator[TritonServer]:  # fmt: skip
-    """A server of this test only: explicit model control, `models` loaded, a short exit timeout.
+    """A server of this test only: explicit model control, `models` loaded, the watchdog on, a short exit timeout.
 
-    A stub that was killed never unloads, so Triton would wait its whole exit timeout (30 s by
-    default) at shutdown; 5 s is enough. Shared-memory regions that a killed stub leaves in
-    /dev/shm are removed afterwards.
+    Shared-memory regions that a killed stub leaves in /dev/shm are removed afterwards (stop()
+    removes those of stubs the watchdog replaced; this also covers a test that failed earlier).
     """
-    extra = tuple(f"--load-model={m}" for m in models) + ("--exit-timeout-secs=5",)
     server = TritonServer(
         REPOSITORY, ServerFiles(home),
         http_port=http_port or free_port(), grpc_port=grpc_port or free_port(), metrics_port=free_port(),
-        model_control="explicit", extra_args=extra, log_path=tmp_path / f"server-{time.monotonic_ns()}.log",
+        load_models=models, log_path=tmp_path / f"server-{time.monotonic_ns()}.log",
+        extra_args=("--exit-timeout-secs=5",),  # a client's open HTTP connection holds the shutdown that long
         **({"admin_key": admin_key} if admin_key else {}),
     )  # fmt: skip
     regions: set[str] = set()
@@ -329,33 +317,162 @@ def _attempt(call: Callable[[], Any]) -> tuple[Any, float]:
         return err, time.monotonic() - started
 
 
-def test_killed_stub_fails_its_request_fast_and_a_reload_brings_the_model_back(triton_home, tmp_path):
+_NOT_HEALTHY = "Stub process '{}' is not healthy."  # Triton 2.51's answer while a model's stub is dead
+SERVES_AGAIN_WITHIN_S = 60  # seen: 8-9 s after the kill on 2 CPU cores, 7 s of it loading the new stub
+UNET = "unet_onnx_fp32"
+
+
+def _ddpm_request(server: TritonServer) -> np.ndarray:
+    return _infer(server, _good([7]), timeout_s=60)
+
+
+def _unet_request(server: TritonServer, n: int = 1) -> np.ndarray:
+    """One call of the U-Net model itself: n noisy images at t = 500, label 0."""
+    specs = [("X", np.zeros((n, 1, 28, 28), np.float32), "FP32"), ("T", np.full((n, 1), 500, np.float32), "FP32"),
+             ("LABEL", np.zeros((n, 1), np.int32), "INT32")]  # fmt: skip
+    return _infer(server, specs, timeout_s=60, model=UNET, output="EPS")
+
+
+def _served_again(request: Callable[[], np.ndarray], since: float) -> float:
+    """Send `request` until it is answered; seconds from `since` to that answer.
+
+    While the model is down every request must still be answered (with an error) at once.
+    """
+    errors = []
+    while True:
+        result, took = _attempt(request)
+        if isinstance(result, np.ndarray):
+            return time.monotonic() - since
+        assert isinstance(result, InferenceServerException), result
+        assert took < 10, f"a request while the model was down took {took:.1f} s: {result.message()}"
+        errors.append(result.message())
+        if time.monotonic() - since > SERVES_AGAIN_WITHIN_S:
+            raise AssertionError(f"not served again {SERVES_AGAIN_WITHIN_S} s after the kill; last: {errors[-3:]}")
+        time.sleep(0.2)
+
+
+def test_a_killed_stub_fails_its_requests_fast_and_the_watchdog_brings_the_model_back(triton_home, tmp_path):
+    """No manual reload anywhere: the U-Net model's stub is killed while requests are executing and
+    queued, then `ddpm`'s between requests; each time the server stays up and the model serves again.
+
+    `ddpm` is killed only between requests: one that answers through response senders from a
+    thread of its own leaves its in-flight requests unanswered for good when its stub dies
+    (Triton 2.51; see watchdog.py), which no reload can undo.
+    """
     with _own_server(triton_home, tmp_path) as server:
-        (victim,) = _stubs(server, "ddpm")
-        unet_before = _succeeded(server, "unet_onnx_fp32")
-        with ThreadPoolExecutor(1) as pool:
-            long = pool.submit(_attempt, lambda: _infer(server, _good([1], steps=200), timeout_s=120))
-            # In flight for sure: its denoising loop has called the U-Net.
-            _wait_for(lambda: _succeeded(server, "unet_onnx_fp32") > unet_before, 60, "the first U-Net step")
-            os.kill(victim.pid, signal.SIGKILL)
+        assert server.watchdog is not None
+        (unet,) = _stubs(server, UNET)
+        (ddpm,) = _stubs(server, "ddpm")
+
+        # Three streams of 32-image U-Net calls: one executing and more queued at any moment.
+        sent: list[tuple[float, float, Any]] = []  # (sent, answered, images or error)
+        stop = threading.Event()
+
+        def stream() -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                result, _ = _attempt(lambda: _unet_request(server, 32))
+                sent.append((started, time.monotonic(), result))
+
+        threads = [threading.Thread(target=stream) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            _wait_for(lambda: sum(isinstance(r, np.ndarray) for _, _, r in sent) >= 3, 60, "U-Net calls to succeed")
+            os.kill(unet.pid, signal.SIGKILL)
             killed = time.monotonic()
-            err, _ = long.result(timeout=60)
-        answered_after = time.monotonic() - killed
-        assert isinstance(err, InferenceServerException), f"the STEPS=200 request was not failed: {err!r}"
-        assert answered_after < 10, f"the in-flight request took {answered_after:.1f} s to fail"
-        assert err.status() == "StatusCode.INTERNAL"
-        assert err.message() == "Stub process 'ddpm_0_0' is not healthy."
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=120)
+        in_flight = [(answered - killed, r) for started, answered, r in sent if started < killed < answered]
+        assert in_flight, "no request was in flight at the kill"
+        assert max(after for after, _ in in_flight) < 10, f"in flight at the kill, answered after {in_flight}"
+        failed = [r for _, r in in_flight if isinstance(r, InferenceServerException)]
+        assert failed, "no request in flight at the kill failed"
+        for err in failed:
+            assert (err.status(), err.message()) == ("StatusCode.INTERNAL", _NOT_HEALTHY.format(unet.instance))
         assert server.ready()
 
-        # No hang afterwards either: the next request is answered at once (Triton 2.51 fails it; a
-        # Triton that restarts stubs by itself would serve it).
-        _, took = _attempt(lambda: _infer(server, _good([2]), timeout_s=60))
-        assert took < 10, f"a request after the kill took {took:.1f} s"
+        _served_again(lambda: _unet_request(server), killed)
+        (restart,) = server.watchdog.restarts
+        assert (restart.model, restart.dead, restart.error) == (UNET, (unet,), None), restart
+        assert _pids(server, UNET) - {unet.pid}, "no new U-Net stub"
+        assert _pids(server, "ddpm") == {ddpm.pid}, "ddpm was restarted although its stub lives"
+        assert Path("/dev/shm", unet.region).exists()  # Triton never frees the dead instance; stop() does
 
-        _force_reload(server, "ddpm")
-        images, _ = _attempt(lambda: _infer(server, _good([3]), timeout_s=120))
-        assert isinstance(images, np.ndarray) and images.shape == (1, 28, 28, 1), images
-        assert _pids(server, "ddpm") - {victim.pid}
+        # `ddpm`'s own stub: requests fail at once until the watchdog's reload, then it serves again.
+        os.kill(ddpm.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        err, took = _attempt(lambda: _ddpm_request(server))
+        if isinstance(err, InferenceServerException):  # unless the watchdog was quicker than this request
+            assert (err.status(), err.message()) == ("StatusCode.INTERNAL", _NOT_HEALTHY.format(ddpm.instance))
+            assert took < 10
+        _served_again(lambda: _ddpm_request(server), killed)
+        assert [(r.model, r.dead, r.error) for r in server.watchdog.restarts[1:]] == [("ddpm", (ddpm,), None)]
+        assert server.ready()
+
+        # Triton itself would wait out its exit timeout for the two dead versions, then exit 1.
+        started = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - started < 15
+    assert not any(Path("/dev/shm", s.region).exists() for s in (unet, ddpm)), "dead stubs' regions left in /dev/shm"
+
+
+ENTRYPOINT = ROOT / "docker" / "tritonserver-entrypoint.sh"
+
+
+def test_the_container_entrypoint_runs_the_watchdog_beside_tritonserver(triton_home, tmp_path):
+    """docker/tritonserver-entrypoint.sh as the NVIDIA image runs it (TRITON_ADMIN_KEY unset, so with
+    a key it made up), on the pip server: its watchdog brings back a model whose stub was killed."""
+    files = ServerFiles(triton_home)
+    env = files.env()
+    env.pop("TRITON_ADMIN_KEY", None)
+    env.pop("WATCHDOG_INTERVAL", None)
+    env["PATH"] = os.pathsep.join([str(files.tritonserver.parent.resolve()), env["PATH"]])  # python3: this venv's
+    handle = TritonServer(REPOSITORY, files, http_port=free_port(), grpc_port=free_port(), watchdog_interval_s=0)
+    command = [
+        "bash", str(ENTRYPOINT), f"--model-repository={REPOSITORY}", f"--backend-directory={files.backends.resolve()}",
+        "--http-address=127.0.0.1", f"--http-port={handle.http_port}", "--grpc-address=127.0.0.1",
+        f"--grpc-port={handle.grpc_port}", "--allow-metrics=false", "--model-control-mode=explicit",
+        "--load-model=ddpm", "--load-model=unet_onnx_fp32", "--exit-timeout-secs=5",
+    ]  # fmt: skip
+    log = tmp_path / "entrypoint.log"
+    with open(log, "wb") as out:
+        handle.process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    regions: set[str] = set()
+    try:
+        handle.wait_ready()
+        (victim,) = _stubs(handle, "ddpm")
+        regions.add(victim.region)
+        watchers = [pid for pid in process_tree(handle.process.pid)[1:] if b"ddpm_triton.watchdog" in _cmdline(pid)]
+        assert len(watchers) == 1, log.read_text()[-2000:]
+        os.kill(victim.pid, signal.SIGKILL)
+        _served_again(lambda: _ddpm_request(handle), time.monotonic())
+        _wait_for(lambda: "model 'ddpm' serves again" in log.read_text(), 30, "the watchdog's line")
+        text = log.read_text()
+        assert "TRITON_ADMIN_KEY is not set" in text
+        # "(instance ddpm_0_0 pid N)" when the watchdog had seen the stub alive, else "(0 of 1 running)"
+        died = r"stub process of model 'ddpm' died \((instance ddpm_0_0 pid \d+|0 of 1 running)\); reloading"
+        assert re.search(died, text), text[-2000:]
+    finally:
+        if handle.process.poll() is None:
+            handle.process.send_signal(signal.SIGINT)  # exits 1 after its 5 s exit timeout: a dead version is left
+        try:
+            handle.process.wait(60)
+        except subprocess.TimeoutExpired:
+            handle.process.kill()
+            handle.process.wait()
+        for region in regions:
+            Path("/dev/shm", region).unlink(missing_ok=True)
+    _wait_for(lambda: not any(alive(pid) for pid in watchers), 10, "the watchdog to stop after tritonserver")
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def test_reloading_models_under_load_fails_no_request(triton_home, tmp_path):
@@ -399,6 +516,7 @@ def test_reloading_models_under_load_fails_no_request(triton_home, tmp_path):
             )
         for model, pids in before.items():
             assert _pids(server, model) - pids, f"{model} was not really reloaded (no new stub)"
+        assert server.watchdog is not None and server.watchdog.restarts == [], "the watchdog took a reload for a death"
 
 
 def test_client_retries_through_a_server_restart(triton_home, tmp_path):

@@ -70,8 +70,7 @@ def _own_server(home: Path, tmp_path: Path, models: tuple[str, ...] = ()) -> Ite
     """Explicit model control with `models` loaded (none: up in seconds)."""
     server = TritonServer(
         REPOSITORY, ServerFiles(home), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-        model_control="explicit", log_path=tmp_path / "server.log",
-        extra_args=tuple(f"--load-model={m}" for m in models) + ("--exit-timeout-secs=5",),
+        load_models=models, log_path=tmp_path / "server.log", extra_args=("--exit-timeout-secs=5",),
     )  # fmt: skip
     server.start()
     try:

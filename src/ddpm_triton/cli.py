@@ -135,8 +135,12 @@ def cmd_install_server(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    import logging
+
     from .tritonserver import ServerFiles, TritonServer, install
 
+    # The watchdog's restarts go to stderr, beside Triton's own log.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     server = TritonServer(
         repository=args.repository,
         files=install(ServerFiles(args.home)),
@@ -145,13 +149,19 @@ def cmd_serve(args: argparse.Namespace) -> None:
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         model_config_name=None if args.device == "cpu" else args.device,
+        watchdog_interval_s=args.watchdog_interval,
     )
     server.start()
     try:
         server.wait_ready()
+        watchdog = (
+            f"watchdog: checks every {args.watchdog_interval:g} s for a model whose stub process died and reloads it"
+            if server.watchdog
+            else "watchdog: off"
+        )
         print(
             f"ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}\n"
-            f"admin APIs need header {'admin-key'}: {server.admin_key}   (Ctrl-C stops)",
+            f"admin APIs need header {'admin-key'}: {server.admin_key}   (Ctrl-C stops)\n{watchdog}",
             flush=True,
         )
         server.process.wait()
@@ -357,6 +367,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=int(os.environ.get("HTTP_PORT", "8000")))
     p.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", "8001")))
     p.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", "8002")))
+    p.add_argument("--watchdog-interval", type=float, default=float(os.environ.get("WATCHDOG_INTERVAL", "1")),
+                   help="seconds between checks for a model whose Python stub process died, which is then "
+                   "reloaded (0: no watchdog; default 1)")  # fmt: skip
     p.add_argument("--home", type=Path, default=Path(".cache/tritonserver"))
     p.set_defaults(run=cmd_serve)
 

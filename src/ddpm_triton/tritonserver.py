@@ -5,6 +5,10 @@ and its shared libraries; `tritonclient` 2.48's wheel carries a perf_analyzer th
 glibc 2.35+. Only those files are unpacked (no pytriton Python API, which pins numpy<2). The
 Python backend's stub embeds the interpreter found first on PATH, so the server is started with
 this interpreter's bin/ in front: the models then import this environment's packages.
+
+Triton 2.51 does not restart a Python-backend stub process that dies, so every server started here
+runs in explicit model-control mode (all models loaded by default) with a watchdog beside it that
+reloads such a model (watchdog.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .watchdog import LOG as WATCHDOG_LOG
+from .watchdog import Watchdog, stubs
 
 SERVER_WHEEL = ("nvidia-pytriton", "0.7.0")  # Triton 2.51.0
 PERF_ANALYZER_WHEEL = ("tritonclient", "2.48.0")  # the newest perf_analyzer built for glibc <= 2.35
@@ -136,7 +143,11 @@ def free_port() -> int:
 
 @dataclass
 class TritonServer:
-    """One tritonserver process. Binds to 127.0.0.1 and restricts admin APIs to an admin key by default."""
+    """One tritonserver process. Binds to 127.0.0.1 and restricts admin APIs to an admin key by default.
+
+    In explicit model-control mode (the default) it loads `load_models` (`*`: every model) and a
+    watchdog reloads a model whose stub process died, every `watchdog_interval_s` (0: no watchdog).
+    """
 
     repository: Path
     files: ServerFiles = field(default_factory=ServerFiles)
@@ -146,10 +157,13 @@ class TritonServer:
     metrics_port: int = 8002
     model_config_name: str | None = None  # None: config.pbtxt (CPU); "gpu"; "container"
     admin_key: str = field(default_factory=lambda: os.environ.get("TRITON_ADMIN_KEY") or secrets.token_urlsafe(16))
-    model_control: str = "none"
+    model_control: str = "explicit"
+    load_models: tuple[str, ...] = ("*",)  # explicit mode only; () loads none
+    watchdog_interval_s: float = 1.0
     extra_args: tuple[str, ...] = ()
     log_path: Path | None = None
     process: subprocess.Popen | None = None
+    watchdog: Watchdog | None = None
 
     @property
     def http_url(self) -> str:
@@ -181,6 +195,8 @@ class TritonServer:
             "--exit-on-error=true",
             "--log-verbose=0",
         ]
+        if self.model_control == "explicit":
+            command += [f"--load-model={model}" for model in self.load_models]
         if self.model_config_name:
             command.append(f"--model-config-name={self.model_config_name}")
         return command + list(self.extra_args)
@@ -192,6 +208,14 @@ class TritonServer:
         self.process = subprocess.Popen(
             self.command(), env=self.files.env(), stdout=log, stderr=subprocess.STDOUT if log else None
         )
+        if self.watchdog_interval_s > 0:
+            if self.model_control == "explicit":
+                local = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+                self.watchdog = Watchdog(
+                    f"{local}:{self.http_port}", self.admin_key, self.process.pid, self.watchdog_interval_s
+                ).start()
+            else:
+                WATCHDOG_LOG.warning("watchdog: off: it reloads models, which needs --model-control-mode=explicit")
         return self
 
     def ready(self) -> bool:
@@ -201,7 +225,7 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def wait_ready(self, timeout_s: float = 180.0) -> TritonServer:
+    def wait_ready(self, timeout_s: float = 600.0) -> TritonServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
@@ -215,15 +239,39 @@ class TritonServer:
         return f" (log: {self.log_path})" if self.log_path else ""
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGINT (Triton's graceful shutdown: finish in-flight requests), then SIGKILL if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
+        """SIGINT (Triton's graceful shutdown: finish in-flight requests), then SIGKILL if it hangs.
+
+        After the watchdog has replaced a dead stub, Triton would wait out its whole exit timeout
+        for the dead version, which never unloads, and exit 1. So once no live stub is left (every
+        other model is unloaded: the pip server has only Python-backend models) it is killed here
+        and 0 returned; the dead stubs' shared-memory regions are removed once it has exited.
+        """
+        watchdog = self.watchdog  # kept afterwards: its restarts stay readable
+        if watchdog is not None:
+            watchdog.stop()
+        code = None if self.process is None else self._stop_process(timeout_s, watchdog)
+        if watchdog is not None:
+            for region in watchdog.leaked_regions():
+                Path("/dev/shm", region).unlink(missing_ok=True)
+        return code
+
+    def _stop_process(self, timeout_s: float, watchdog: Watchdog | None) -> int:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            return self.process.returncode
         self.process.send_signal(signal.SIGINT)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return self.process.returncode
+            if watchdog is not None and watchdog.restarts and not stubs(self.process.pid):
+                WATCHDOG_LOG.info("watchdog: only versions whose stubs died are left; ending tritonserver")
+                self.process.kill()
+                self.process.wait()
+                return 0
+            time.sleep(0.1)
+        self.process.kill()
+        return self.process.wait()
 
     def __enter__(self) -> TritonServer:
         return self.start().wait_ready()
