@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from PIL import Image
 
 from ddpm_triton.cli import main
 
@@ -11,15 +12,23 @@ pytestmark = pytest.mark.server
 
 def test_bench_smoke_writes_the_result_schema(tmp_path, triton_home):
     main(["bench", "--preset", "tiny", "--device", "cpu", "--steps", "2", "--batches", "1,2", "--concurrency", "1,2",
+          "--long-steps", "3", "--long-batch", "2", "--peer-batch", "1", "--peers", "diffusers-fp32-eager",
           "--repeats", "1", "--stability", "500", "--out", str(tmp_path), "--home", str(triton_home)])  # fmt: skip
     (result,) = tmp_path.glob("*.json")
     record = json.loads(result.read_text())
-    assert {"device", "date", "commit", "model", "rows"} <= record.keys()
+    assert {"device", "date", "commit", "model", "rows", "server_host_memory_mib"} <= record.keys()
     rows = record["rows"]
-    assert {(r["via_triton"], r["batch"], r["concurrency"]) for r in rows} == {
-        (False, 1, 1), (False, 2, 1), (True, 1, 1), (True, 2, 1), (True, 1, 2),
+    seen = {(r["system"], r["via_triton"], r["batch"], r["concurrency"], r["steps"], r["sampler"]) for r in rows}
+    assert seen == {
+        ("project", False, 1, 1, 2, "ddim"), ("project", False, 2, 1, 2, "ddim"), ("project", False, 2, 1, 3, "ddpm"),
+        ("diffusers-fp32-eager", False, 2, 1, 2, "ddim"), ("diffusers-fp32-eager", False, 1, 1, 3, "ddpm"),
+        ("project", True, 1, 1, 2, "ddim"), ("project", True, 2, 1, 2, "ddim"), ("project", True, 1, 2, 2, "ddim"),
+        ("project", True, 2, 1, 3, "ddpm"),
     }  # fmt: skip
     for row in rows:
-        assert row["images_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"] and row["steps"] == 2
+        assert row["images_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
         assert {"system", "precision", "format", "sampler", "command"} <= row.keys()
-    assert result.with_suffix(".md").read_text().count("| project |") == len(rows)
+    markdown = result.with_suffix(".md").read_text()
+    assert markdown.count("| project |") == 7 and markdown.count("| diffusers-fp32-eager |") == 2
+    with Image.open(result.with_suffix(".png")) as plot:
+        assert plot.size[0] > 500 and plot.size[1] > 300

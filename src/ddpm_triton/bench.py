@@ -1,9 +1,10 @@
-"""`ddpm-triton bench`: sampling throughput and latency through the real Triton server, and in-process.
+"""`ddpm-triton bench`: sampling throughput and latency through the real Triton server, beside its peers.
 
-Every row is measured in the same run on the same device: the server driven by perf_analyzer
-(images/s = perf_analyzer's inferences/s, since the batch dimension counts images) and the
-in-process PyTorch loop on the same U-Net, so the cost of serving is visible next to the model.
-The result file follows one schema (see `write_results`) whatever the device.
+One run, one device, one result file: the server driven by perf_analyzer (a batch sweep at
+concurrency 1, a concurrency sweep of single-image requests, and long DDPM runs), the project's
+own denoising engine in-process (the same `Stepper`, without Triton: what serving costs), and the
+Hugging Face diffusers pipelines (`peers.py`). images/s is perf_analyzer's inferences/s, since
+the batch dimension counts images. On a CPU the same command is a seconds-long smoke run.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import json
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,14 +22,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from .artifacts import Variant
-from .checkpoint import load_model, save_weights
+from .checkpoint import load_weights, save_weights
 from .config import preset
+from .diffusion import Diffusion
 from .perf import run_perf_analyzer, write_input_data
-from .pipeline import Pipeline
 from .provenance import describe_device, git_commit
+from .runners import load_runner
+from .scheduler import ImageOptions, Job, StepScheduler
+from .soak import server_rss
+from .stepper import Stepper
 from .tritonserver import ServerFiles, TritonServer, free_port
 from .unet import UNet
+
+SAMPLER_ETA = {"ddim": 0.0, "ddpm": 1.0}
+PARTS = ("in_process", "peers", "triton")
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,26 @@ class Row:
     p99_ms: float
     peak_gpu_mb: float | None
     command: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures."""
+
+    preset: str
+    gpu: bool
+    batches: list[int]  # 50-step (short) batch sweep, at concurrency 1
+    concurrency: list[int]  # single-image clients
+    short_steps: int  # DDIM
+    long_steps: int  # DDPM
+    long_batch: int
+    repeats: int
+    peers: list[str]
+    peer_batch: int  # the fp32 eager peer at long_steps is slow: it runs at this batch
+    precision: str
+    compile: bool
+    stability_percent: float
+    parts: tuple[str, ...] = PARTS
 
 
 def random_checkpoint(preset_name: str, path: Path) -> Path:
@@ -70,105 +98,203 @@ def gpu_memory_used_mb() -> float | None:
     return float(out.stdout.strip())
 
 
-def in_process_rows(
-    checkpoint: Path, device: str, precision: str, batches: list[int], steps: int, repeats: int, command: str
-) -> list[Row]:
-    """The same denoising loop with the PyTorch U-Net called directly (no server): the floor serving adds to."""
-    model, config = load_model(checkpoint, device)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
-    model = model.to(dtype=dtype, memory_format=torch.channels_last)
-    pipeline = Pipeline(model, config, device)
-    labels = None
+# ---- the project's engine, in-process ---------------------------------------------------------------
+
+
+def in_process_rows(checkpoint: Path, plan: Plan, command: str) -> list[Row]:
+    """The server's denoising engine (runner, Stepper, StepScheduler) driven directly: serving's floor."""
+    _, config = load_weights(checkpoint)
+    device = torch.device("cuda" if plan.gpu else "cpu")
+    precision = plan.precision if plan.gpu else "fp32"
+    runner = load_runner(checkpoint, str(device), precision=precision, compile=plan.compile and plan.gpu)
+    u, capacity = config.unet, max([*plan.batches, plan.long_batch])
+    stepper = Stepper(
+        runner, Diffusion(config.diffusion, device), (u.in_channels, u.image_size, u.image_size), capacity,
+        config.diffusion.timesteps, u.num_classes if u.conditional else None, device, cuda_graphs=plan.gpu,
+        max_batch=capacity,
+    )  # fmt: skip
+    scheduler = StepScheduler(stepper, config.diffusion.timesteps, capacity, capacity)
     rows = []
-    for batch in batches:
-        if config.unet.conditional:
-            labels = np.arange(batch) % config.unet.num_classes
-        seeds = np.arange(batch)
-        with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
-            pipeline.sample(seeds, steps=2, labels=labels)  # warm-up: kernels, allocator
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-            times = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                pipeline.sample(seeds, steps=steps, labels=labels)
-                times.append(time.perf_counter() - started)
-        peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-        p50 = float(np.median(times)) * 1000
+    for batch, steps, sampler in [*((b, plan.short_steps, "ddim") for b in plan.batches), (plan.long_batch, plan.long_steps, "ddpm")]:
+        options = ImageOptions(np.arange(batch), np.full(batch, steps), np.full(batch, SAMPLER_ETA[sampler], np.float32))
+        _sample(scheduler, replace(options, steps=np.full(batch, 2)))  # warm-up: graphs of this bucket
+        if plan.gpu:
+            torch.cuda.reset_peak_memory_stats()
+        times = [_timed(lambda: _sample(scheduler, options)) for _ in range(plan.repeats if steps == plan.short_steps else 1)]
+        peak = torch.cuda.max_memory_reserved() / 2**20 if plan.gpu else None
+        rows.append(_row("project", False, precision, "pytorch", batch, 1, steps, sampler, times, peak, command))
+    del scheduler, stepper, runner
+    _free_gpu()
+    return rows
+
+
+def _sample(scheduler: StepScheduler, options: ImageOptions) -> np.ndarray:
+    out: list[np.ndarray] = []
+    scheduler.submit(Job(options, done=out.append, failed=_raise))
+    scheduler.run_until_idle()
+    return out[0]
+
+
+def _raise(message: str) -> None:
+    raise RuntimeError(message)
+
+
+# ---- the diffusers peers ------------------------------------------------------------------------------
+
+
+def peer_rows(plan: Plan, command: str) -> list[Row]:
+    """Each peer at the short and the long workload; the fp32 eager one runs its long workload at `peer_batch`."""
+    from .peers import measure_peer, release_peers
+
+    device = "cuda" if plan.gpu else "cpu"
+    rows = []
+    for name in plan.peers:
+        long_batch = plan.peer_batch if "eager" in name else plan.long_batch
+        for batch, steps, sampler, repeats in (
+            (plan.batches[-1], plan.short_steps, "ddim", plan.repeats),
+            (long_batch, plan.long_steps, "ddpm", 1),
+        ):
+            m = measure_peer(name, batch, steps, device, repeats, preset=plan.preset, sampler=sampler, warmup_calls=1)
+            peak = m["peak_gpu_reserved_mb"]
+            rows.append(
+                Row(name, False, m["precision"], "diffusers", batch, 1, steps, sampler, m["images_per_s"], m["p50_ms"],
+                    m["p99_ms"], peak, command)  # fmt: skip
+            )
+        release_peers()
+    _free_gpu()
+    return rows
+
+
+# ---- through Triton ------------------------------------------------------------------------------------
+
+
+def triton_rows(server: TritonServer, work: Path, plan: Plan, precision: str, fmt: str, command: str) -> list[Row]:
+    """perf_analyzer over gRPC: the short batch sweep, the single-image concurrency sweep, the long runs."""
+    short = write_input_data(work / "short.json", seeds=64, STEPS=plan.short_steps, SAMPLER="ddim")
+    long = write_input_data(work / "long.json", seeds=8, STEPS=plan.long_steps, SAMPLER="ddpm")
+    cases = [(short, b, 1, plan.short_steps, "ddim") for b in plan.batches]
+    cases += [(short, 1, c, plan.short_steps, "ddim") for c in plan.concurrency if c > 1 or 1 not in plan.batches]
+    cases += [(long, plan.long_batch, 1, plan.long_steps, "ddpm")]
+    rows = []
+    for data, batch, level, steps, sampler in cases:
+        long_run = steps == plan.long_steps
+        (m,) = run_perf_analyzer(
+            server, data, concurrency=[level], batch_size=batch, max_trials=3 if long_run else 6,
+            requests_per_window=2 if long_run else max(8, 2 * level), stability_percent=plan.stability_percent,
+        )  # fmt: skip
         rows.append(
-            Row("project", False, precision, "pytorch", batch, 1, steps, "ddim", batch / (p50 / 1000), p50,
-                float(np.max(times)) * 1000, peak, command)  # fmt: skip
+            Row("project", True, precision, fmt, batch, level, steps, sampler, m.inferences_per_s, m.p50_ms,
+                m.p99_ms, gpu_memory_used_mb(), command)  # fmt: skip
         )
     return rows
 
 
-def triton_rows(
-    server: TritonServer, work: Path, variant: Variant, batches: list[int], concurrency: list[int], steps: int,
-    stability_percent: float, command: str,
-) -> list[Row]:  # fmt: skip
-    """perf_analyzer over gRPC: a batch sweep at concurrency 1, then a concurrency sweep of single images."""
-    data = write_input_data(work / f"input-{steps}.json", seeds=64, STEPS=steps)
-    rows = []
-    for batch, levels in [*((b, [1]) for b in batches), (1, concurrency)]:
-        for level in levels:
-            measured = run_perf_analyzer(
-                server, data, concurrency=[level], batch_size=batch, requests_per_window=max(8, 2 * level),
-                max_trials=6, stability_percent=stability_percent,
-            )  # fmt: skip
-            for m in measured:
-                rows.append(
-                    Row("project", True, variant.precision, variant.format, batch, m.concurrency, steps, "ddim",
-                        m.inferences_per_s, m.p50_ms, m.p99_ms, gpu_memory_used_mb(), command)  # fmt: skip
-                )
-    return rows
+def _timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
 
 
-def write_results(rows: list[Row], out_dir: Path, model: str, command: str) -> Path:
-    """benchmarks/results/<date>-<device>.json and .md."""
+def _row(system: str, via_triton: bool, precision: str, fmt: str, batch: int, concurrency: int, steps: int,
+         sampler: str, times: list[float], peak: float | None, command: str) -> Row:  # fmt: skip
+    p50 = float(np.median(times))
+    return Row(system, via_triton, precision, fmt, batch, concurrency, steps, sampler, batch / p50, p50 * 1000,
+               float(np.max(times)) * 1000, peak, command)  # fmt: skip
+
+
+def _free_gpu() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+# ---- the result files ----------------------------------------------------------------------------------
+
+
+def write_results(
+    rows: list[Row], out_dir: Path, model: str, command: str, extra: dict[str, Any], merge: bool = False
+) -> Path:
+    """benchmarks/results/<date>-<device>.json, .md and .png; `merge` keeps the rows already in that file
+    (a run split into parts on one machine, each part a separate command)."""
     now = datetime.now(timezone.utc)
     device = describe_device("cuda" if torch.cuda.is_available() else "cpu")
     stem = f"{now:%Y-%m-%d}-{device.split(',')[0].removeprefix('GPU: ').removeprefix('CPU: ').replace(' ', '-').lower()}"
     out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{stem}.json"
+    commands = [command]
+    if merge and path.is_file():
+        earlier = json.loads(path.read_text())
+        rows = [Row(**r) for r in earlier["rows"] if r["command"] != command] + rows
+        commands = [c for c in earlier.get("commands", [earlier["command"]]) if c != command] + commands
+        extra = {**{k: v for k, v in earlier.items() if k not in ("device", "date", "commit", "model", "command", "commands", "rows", "partial")}, **extra}
     record: dict[str, Any] = {
         "device": device, "date": now.isoformat(timespec="seconds"), "commit": git_commit(), "model": model,
-        "command": command, "rows": [asdict(r) for r in rows],
+        "command": " && ".join(commands), "commands": commands, **extra, "rows": [asdict(r) for r in rows],
     }  # fmt: skip
-    (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
+    path.write_text(json.dumps(record, indent=2))
     lines = [
-        f"# {model} on {device}", "", f"{record['date']}, commit {record['commit']}", "", f"`{command}`", "",
-        "| system | via Triton | format | precision | batch | concurrency | steps | images/s | p50 ms | p99 ms | GPU MB |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"# {model} on {device}", "", f"{record['date']}, commit {record['commit']}", "",
+        *(f"`{c}`" for c in commands), "",
+        *(f"- {key}: {value}" for key, value in extra.items()), "",
+        "| system | via Triton | format | precision | sampler | steps | batch | concurrency | images/s | p50 ms | p99 ms | GPU MB |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]  # fmt: skip
     for r in rows:
         memory = "" if r.peak_gpu_mb is None else f"{r.peak_gpu_mb:.0f}"
         lines.append(
-            f"| {r.system} | {'yes' if r.via_triton else 'no'} | {r.format} | {r.precision} | {r.batch} | "
-            f"{r.concurrency} | {r.steps} | {r.images_per_s:.2f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {memory} |"
+            f"| {r.system} | {'yes' if r.via_triton else 'no'} | {r.format} | {r.precision} | {r.sampler} | {r.steps} | "
+            f"{r.batch} | {r.concurrency} | {r.images_per_s:.2f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {memory} |"
         )
-    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    return out_dir / f"{stem}.json"
+    lines += ["", "GPU MB: in-process rows, torch.cuda.max_memory_reserved of the process; via Triton, nvidia-smi's "
+              "device total after the measurement (every stub included)."]  # fmt: skip
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    from .benchplot import plot_results
+
+    plot_results(path, path.with_suffix(".png"))
+    return path
 
 
-def run_bench(
-    preset_name: str, gpu: bool, variant: Variant, batches: list[int], concurrency: list[int], steps: int,
-    repeats: int, out_dir: Path, home: Path, command: str, stability_percent: float = 50.0,
-) -> Path:  # fmt: skip
+def run_bench(plan: Plan, out_dir: Path, home: Path, command: str, merge: bool = False) -> Path:
     from ddpm_triton.export.configs import ServingOptions
     from ddpm_triton.export.repository import export_repository
 
-    device = "cuda" if gpu else "cpu"
+    from .artifacts import Variant
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    largest = max([*plan.batches, plan.long_batch])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        checkpoint = random_checkpoint(preset_name, work / "model.safetensors")
+        checkpoint = random_checkpoint(plan.preset, work / "model.safetensors")
+        model = f"{plan.preset} U-Net (random weights)"
+        rows: list[Row] = []
+        if "in_process" in plan.parts:
+            rows += in_process_rows(checkpoint, plan, command)
+            write_results(rows, out_dir, model, command, {"partial": "unfinished"}, merge)
+        if "peers" in plan.parts:
+            rows += peer_rows(plan, command)
+            write_results(rows, out_dir, model, command, {"partial": "unfinished"}, merge)
+        if "triton" not in plan.parts:
+            return write_results(rows, out_dir, model, command, {}, merge)
         repository = work / "repository"
-        options = ServingOptions(max_batch_size=max(batches), unet=variant.model_name, default_guidance_scale=1.0)
-        export_repository(checkpoint, repository, [variant], options)
-        rows = in_process_rows(checkpoint, device, "fp16" if gpu else "fp32", batches, steps, repeats, command)
+        options = ServingOptions(
+            max_batch_size=largest, max_step_batch=largest, max_queued_images=2 * largest, default_guidance_scale=1.0,
+            gpu_precision=plan.precision, compile=plan.compile, unet=None if plan.gpu else "unet_onnx_fp32",
+        )  # fmt: skip
+        variants = [Variant("onnx", "fp32")]  # the CPU target's in-process artifact; the GPU one loads the weights
+        export_repository(checkpoint, repository, variants, options)
         server = TritonServer(
             repository, ServerFiles(home), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-            model_config_name="gpu" if gpu else None, log_path=out_dir / "bench-server.log",
+            model_config_name="gpu" if plan.gpu else None, log_path=out_dir / "bench-server.log",
         )  # fmt: skip
         with server:
-            rows += triton_rows(server, work, variant, batches, concurrency, steps, stability_percent, command)
-    return write_results(rows, out_dir, f"{preset_name} U-Net (random weights)", command)
+            rss_before = server_rss(server)
+            rows += triton_rows(
+                server, work, plan, plan.precision if plan.gpu else "fp32", "pytorch" if plan.gpu else "onnx", command
+            )
+            rss_after = server_rss(server)
+    extra = {
+        "server_host_memory_mib": {"before": rss_before // 2**20, "after": rss_after // 2**20},
+        "server": f"in-process U-Net ({'weights, ' + plan.precision + ', CUDA graphs' + (', torch.compile' if plan.compile else '') if plan.gpu else 'ONNX fp32'}), "
+                  f"max_step_batch {largest}",
+    }  # fmt: skip
+    return write_results(rows, out_dir, model, command, extra, merge)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -13,6 +14,10 @@ DEFAULT_REPOSITORY = Path("model_repository")
 
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in _csv(text)]
 
 
 def _device(name: str) -> str:
@@ -209,17 +214,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .artifacts import Variant
-    from .bench import run_bench
+    from .bench import Plan, run_bench
 
     gpu = args.device == "gpu"
-    variant = Variant.from_model_name(args.unet or ("unet_torchscript_fp16" if gpu else "unet_onnx_fp32"))
-    command = "ddpm-triton " + " ".join(sys.argv[1:])
-    path = run_bench(
-        args.preset, gpu, variant, args.batches, args.concurrency, args.steps, args.repeats, args.out, args.home, command,
-        args.stability,
+    plan = Plan(
+        preset=args.preset, gpu=gpu, batches=args.batches, concurrency=args.concurrency, short_steps=args.steps,
+        long_steps=args.long_steps, long_batch=args.long_batch, repeats=args.repeats, peers=args.peers,
+        peer_batch=args.peer_batch, precision=args.precision, compile=args.compile, stability_percent=args.stability,
+        parts=tuple(args.parts),
     )  # fmt: skip
-    print(f"wrote {path} and {path.with_suffix('.md')}")
+    path = run_bench(plan, args.out, args.home, args.command_line, merge=args.merge)
+    print(f"wrote {path} and its .md and .png")
     print(path.with_suffix(".md").read_text())
 
 
@@ -386,15 +391,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--home", type=Path, default=Path(".cache/tritonserver"))
     p.set_defaults(run=cmd_demo)
 
-    p = sub.add_parser("bench", help="throughput and latency through Triton (perf_analyzer) and in-process")
+    p = sub.add_parser("bench", help="throughput and latency through Triton (perf_analyzer), in-process and diffusers")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cifar10", help="U-Net shape (random weights)")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--unet", default=None, help="U-Net variant served (default: torchscript fp16 on GPU, onnx fp32 on CPU)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--batches", type=lambda s: [int(v) for v in _csv(s)], default=[1, 16, 64])
-    p.add_argument("--concurrency", type=lambda s: [int(v) for v in _csv(s)], default=[1, 8, 32])
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps of the batch and concurrency sweeps")
+    p.add_argument("--batches", type=_ints, default=[1, 16, 64, 256], help="batch sweep at concurrency 1")
+    p.add_argument("--concurrency", type=_ints, default=[1, 8, 32, 64], help="single-image clients")
+    p.add_argument("--long-steps", type=int, default=1000, help="DDPM steps of the throughput rows")
+    p.add_argument("--long-batch", type=int, default=256, help="images per request of the throughput rows")
+    p.add_argument("--peers", type=_csv, default=["diffusers-fp32-eager", "diffusers-fp16-compiled"],
+                   help="diffusers configurations measured in the same run (empty: none)")
+    p.add_argument("--peer-batch", type=int, default=64, help="batch of the slow fp32 eager peer's long rows")
+    p.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default="fp16", help="GPU compute precision")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="CUDA graphs without torch.compile")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--stability", type=float, default=50.0, help="perf_analyzer --stability-percentage")
+    p.add_argument("--parts", type=_csv, default=["in_process", "peers", "triton"], help="what to measure")
+    p.add_argument("--merge", action="store_true", help="add to today's result file for this device (a run in parts)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--home", type=Path, default=Path(".cache/tritonserver"))
     p.set_defaults(run=cmd_bench)
@@ -442,6 +455,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    args.command_line = "ddpm-triton " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         args.run(args)
     except (FileNotFoundError, ValueError) as err:

@@ -24,7 +24,7 @@ from typing import TypeVar
 import numpy as np
 
 from .sampling import timesteps
-from .stepper import Stepper
+from .stepper import Readback, Stepper
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,6 +78,7 @@ class StepScheduler:
         self._admitted = 0  # images submitted and not yet finished (guarded by _lock)
         self._free = list(range(capacity - 1, -1, -1))
         self._running: list[Job] = []  # in arrival order
+        self._deliveries: list[tuple[Job, Readback]] = []  # finished, images on their way to the host
         # Host mirrors of the per-slot progress: the worker never reads the device to schedule.
         self._position = np.zeros(capacity, np.int64)
         self._length = np.zeros(capacity, np.int64)
@@ -116,6 +117,7 @@ class StepScheduler:
             self._inbox.put(None)
             self._thread.join()
             self._thread = None
+        self._deliver(block=True)
         for job in self._running:
             self._fail(job, reason)
         self._running.clear()
@@ -126,6 +128,7 @@ class StepScheduler:
 
     def _serve(self) -> None:
         while True:
+            self._deliver(block=not self._running)
             # Block only when idle; otherwise take whatever arrived since the last step.
             if not self._running and not self._admit(self._inbox.get()):
                 return
@@ -140,6 +143,7 @@ class StepScheduler:
             while not self._inbox.empty():
                 self._admit(self._inbox.get_nowait())
             if not self._running:
+                self._deliver(block=True)
                 return
             self.step()
 
@@ -194,15 +198,34 @@ class StepScheduler:
         return np.concatenate(chosen) if chosen else np.empty(0, np.int64)
 
     def _finish(self, job: Job) -> None:
+        """Start copying a finished request's images out; the slots are free for the next step at once
+        (the copy is queued before anything that could overwrite them)."""
         try:
-            images = self.stepper.images(job.slots)
+            readback = self.stepper.images(job.slots)
         except Exception as err:  # noqa: BLE001
             log.exception("reading finished images failed")
             self._fail(job, f"could not read the finished images: {err}")
             return
         self._release(job)
-        self.counters.requests_done += 1
-        _notify(job.done, images)
+        self._deliveries.append((job, readback))
+
+    def _deliver(self, block: bool) -> None:
+        """Answer the finished requests whose images have reached the host (all of them if `block`)."""
+        waiting = []
+        for job, readback in self._deliveries:
+            if not (block or readback.ready()):
+                waiting.append((job, readback))
+                continue
+            try:
+                images = readback.result()
+            except Exception as err:  # noqa: BLE001
+                log.exception("reading finished images failed")
+                self.counters.requests_failed += 1
+                _notify(job.failed, f"could not read the finished images: {err}")
+                continue
+            self.counters.requests_done += 1
+            _notify(job.done, images)
+        self._deliveries = waiting
 
     def _fail(self, job: Job, message: str) -> None:
         self._release(job)

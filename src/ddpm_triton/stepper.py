@@ -49,9 +49,13 @@ class _Captured:
 
 
 def buckets(max_size: int) -> list[int]:
-    """Powers of two up to `max_size`, and `max_size` itself: at most 2x padding, few graphs."""
-    sizes = [1 << i for i in range(max_size.bit_length()) if 1 << i < max_size]
-    return [*sizes, max_size]
+    """Powers of two from 2 up to `max_size`, and `max_size` itself: at most 2x padding, few graphs.
+
+    No bucket of 1: torch.compile specialises a batch of 1 apart from every other size (a second
+    compilation of minutes), and one image costs the same kernel launches as two.
+    """
+    sizes = [1 << i for i in range(1, max_size.bit_length()) if 1 << i < max_size]
+    return [*sizes, max(max_size, 2)]
 
 
 class Stepper:
@@ -123,10 +127,10 @@ class Stepper:
                 self.guidance.index_copy_(0, index, self._device(guidance.astype(np.float32)))
             self.x.index_copy_(0, index, self.noise(seeds_t, 0))
 
-    def images(self, slots: np.ndarray) -> np.ndarray:
-        """uint8 [n, H, W, C] of finished slots; waits for the steps that made them."""
+    def images(self, slots: np.ndarray) -> Readback:
+        """uint8 [n, H, W, C] of finished slots, on their way to host memory (the slots may be reused at once)."""
         with torch.inference_mode():
-            return to_uint8(self.x[self._device(slots)]).cpu().numpy()
+            return Readback(to_uint8(self.x[self._device(slots)]))
 
     # ---- the step --------------------------------------------------------------------------------
 
@@ -141,8 +145,8 @@ class Stepper:
             padded = np.full(size, self.scratch, np.int64)
             padded[: len(slots)] = slots
             if captured.last is None or not np.array_equal(captured.last, padded):
-                captured.slots.copy_(torch.from_numpy(padded))
-                captured.live.copy_(torch.from_numpy((padded != self.scratch).astype(np.int64)))
+                captured.slots.copy_(self._device(padded))
+                captured.live.copy_(self._device((padded != self.scratch).astype(np.int64)))
                 captured.last = padded
             captured.graph.replay()
             self._bound_run_ahead()
@@ -196,4 +200,33 @@ class Stepper:
             self._in_flight.popleft().synchronize()
 
     def _device(self, values: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(values)).to(self.device)
+        """Host values on the device without stalling the host: pinned memory, asynchronous copy.
+
+        PyTorch's pinned-memory cache does not hand the buffer out again before the copy is done.
+        """
+        tensor = torch.from_numpy(np.ascontiguousarray(values))
+        if self.device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+
+class Readback:
+    """Images copied to host memory behind the queued GPU work: the worker polls instead of waiting."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self._event: torch.cuda.Event | None = None
+        if images.is_cuda:
+            self._host = torch.empty(images.shape, dtype=images.dtype, pin_memory=True)
+            self._host.copy_(images, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = images
+
+    def ready(self) -> bool:
+        return self._event is None or self._event.query()
+
+    def result(self) -> np.ndarray:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.numpy().copy()
