@@ -71,7 +71,7 @@ class TritonPythonModel:
             stochastic=self.defaults.sampler == "ddpm" or self.defaults.eta > 0,
         )
         self.scheduler = StepScheduler(stepper, self.facts.timesteps, capacity, max_step_batch)
-        self.metrics = _Metrics(self.scheduler)
+        self.metrics = _Metrics(self.scheduler, {"model": args["model_name"], "version": args["model_version"]})
         self.scheduler.start()
         pb_utils.Logger.log_info(
             f"ddpm: U-Net {where} on {self.device}; up to {max_step_batch} images per step, {capacity} in progress"
@@ -145,14 +145,15 @@ def _send_error(sender: Any, message: str, code: Any) -> None:
 class _Metrics:
     """Custom Prometheus metrics on Triton's metrics port: how well steps are being batched."""
 
-    def __init__(self, scheduler: StepScheduler) -> None:
+    def __init__(self, scheduler: StepScheduler, labels: dict[str, str]) -> None:
         self.scheduler = scheduler
         calls = pb_utils.MetricFamily("ddpm_unet_calls", "U-Net calls (denoising steps) run", pb_utils.MetricFamily.COUNTER)
         images = pb_utils.MetricFamily(
             "ddpm_images_stepped", "image-steps run; divided by ddpm_unet_calls: the mean step batch", pb_utils.MetricFamily.COUNTER
         )
         progress = pb_utils.MetricFamily("ddpm_images_in_progress", "images admitted and not yet finished", pb_utils.MetricFamily.GAUGE)
-        self.calls, self.images, self.progress = calls.Metric(), images.Metric(), progress.Metric()
+        self._families = (calls, images, progress)  # a Metric lives only as long as its family
+        self.calls, self.images, self.progress = (f.Metric(labels=labels) for f in self._families)
         self._reported = (0, 0)
 
     def update(self) -> None:
