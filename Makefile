@@ -22,7 +22,11 @@ STAMP_VENV := $(VENV)/.installed
 STAMP_SERVER := $(TRITON_HOME)/.installed
 STAMP_REPOSITORY := $(REPOSITORY)/.exported
 
-.PHONY: help venv server repository docker-compose serve demo test clean
+BENCH_GPU   := --preset cifar10 --batches 1,64,256
+BENCH_CPU   := --preset tiny --steps 2 --batches 1,2 --concurrency 1,2 --long-steps 3 --long-batch 2 --peer-batch 1 --repeats 1 --stability 500
+BENCH_ARGS  ?= $(if $(filter gpu,$(DEVICE)),$(BENCH_GPU),$(BENCH_CPU))
+
+.PHONY: help venv server repository docker-compose serve demo test bench clean
 
 help:
 	@echo "make demo        set up, serve the shipped model, write demo.png"
@@ -30,6 +34,7 @@ help:
 	@echo "make serve       run tritonserver on $(REPOSITORY) (HTTP_PORT, GRPC_PORT, METRICS_PORT, DEVICE=cpu|gpu,"
 	@echo "                 WATCHDOG_INTERVAL=seconds between stub checks, 0: off)"
 	@echo "make repository  export $(CHECKPOINT) into $(REPOSITORY)"
+	@echo "make bench       benchmark through Triton, in-process and diffusers (DEVICE=gpu: the CIFAR-10 U-Net)"
 
 venv: $(STAMP_VENV)
 $(STAMP_VENV): pyproject.toml client/pyproject.toml constraints.txt
@@ -54,6 +59,9 @@ docker-compose:
 		echo "installing Debian's docker-compose (to validate docker-compose.yml)"; \
 		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; } \
 		|| { echo "could not install docker-compose: run 'apt-get install docker-compose' as root"; exit 1; }; }
+
+bench: $(STAMP_VENV) $(STAMP_SERVER)
+	$(PY) -m ddpm_triton bench --device $(DEVICE) $(BENCH_ARGS)
 
 serve: $(STAMP_VENV) $(STAMP_SERVER) $(STAMP_REPOSITORY)
 	$(PY) -m ddpm_triton serve --repository $(REPOSITORY) --device $(DEVICE) \

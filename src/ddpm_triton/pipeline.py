@@ -1,7 +1,7 @@
 """In-process sampling with a PyTorch U-Net: training previews, evaluation, the reference images.
 
-The same `denoise` loop that the Triton model runs, driven by a direct call to the module, so an
-image made here and one made by the server from the same seed and options agree.
+`sampling.denoise` driven by a direct call to the module. The server's engine computes the same
+steps, so an image made here and one made by the server from the same seed and options agree.
 """
 
 from __future__ import annotations

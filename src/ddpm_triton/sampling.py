@@ -1,9 +1,11 @@
-"""The denoising loop, written once for every place that samples.
+"""The offline denoising loop: one batch from x_T to x_0, observable step by step.
 
 The loop is a generator: it yields each U-Net evaluation it needs (`UNetCall`) and is sent back
-the predicted noise. Offline sampling drives it with a direct call (`run`), the Triton model with
-an awaited BLS request, and a step-batching scheduler can merge the calls of many loops into one
-U-Net batch. The math never knows which.
+the predicted noise, so callers choose how the U-Net runs and may watch every step (the figures
+draw x_t and the predicted x_0). The server does not run this loop: its engine (`stepper.py`)
+advances images of many requests at different timesteps in one call. Both are built from the
+same parts (`timesteps`, `Diffusion.step`, `guide`, `SeededNoise`) and give the same bytes for
+the same seeds (tests/test_scheduler.py).
 """
 
 from __future__ import annotations
