@@ -69,6 +69,17 @@ def _median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
+def _finish_axes(ax: Any, xs: list[int], xlabel: str, ylabel: str, legend_title: str) -> None:
+    """Log axes, grid, labels and a legend below the panel."""
+    _log2_x(ax, xs)
+    _log_y(ax)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize="small", ncol=1, title=legend_title,
+              title_fontsize="small")  # fmt: skip
+
+
 def _no_data(ax: Any, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4", wrap=True)
     ax.set_xticks([])
@@ -103,13 +114,8 @@ def plot_results(json_path: str | Path, png_path: str | Path) -> Path:
             marker="o" if key[1] else "s", linestyle="-" if key[1] else "--", label=_label(members[0]),
         )  # fmt: skip
     if groups:
-        _log2_x(throughput_ax, [r["batch"] for r in batch_rows])
-        _log_y(throughput_ax)
-        throughput_ax.grid(True, which="both", alpha=0.3)
-        throughput_ax.set_xlabel("batch (images per request / pipeline call)")
-        throughput_ax.set_ylabel("images/s")
-        throughput_ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize="small", ncol=1,
-                             title="solid: via Triton · dashed: in-process", title_fontsize="small")  # fmt: skip
+        _finish_axes(throughput_ax, [r["batch"] for r in batch_rows], "batch (images per request / pipeline call)",
+                     "images/s", "solid: via Triton · dashed: in-process")  # fmt: skip
     else:
         _no_data(throughput_ax, "no rows at concurrency 1")
     throughput_ax.set_title("Throughput against batch (concurrency 1)", fontsize=10)
@@ -128,13 +134,8 @@ def plot_results(json_path: str | Path, png_path: str | Path) -> Path:
             latency_ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(-5, 5), ha="right",
                                 fontsize="x-small")  # fmt: skip
     if groups:
-        _log2_x(latency_ax, [r["concurrency"] for r in single])
-        _log_y(latency_ax)
-        latency_ax.grid(True, which="both", alpha=0.3)
-        latency_ax.set_xlabel("concurrent clients, one image per request")
-        latency_ax.set_ylabel("latency per request, ms")
-        latency_ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize="small", ncol=1,
-                          title="marker: p50 · bar up to p99", title_fontsize="small")  # fmt: skip
+        _finish_axes(latency_ax, [r["concurrency"] for r in single], "concurrent clients, one image per request",
+                     "latency per request, ms", "marker: p50 · bar up to p99")  # fmt: skip
     else:
         _no_data(latency_ax, "no via-Triton single-image rows in this result file")
     latency_ax.set_title("Latency against concurrency (via Triton, batch 1)", fontsize=10)
