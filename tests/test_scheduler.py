@@ -416,3 +416,17 @@ def test_buckets_are_powers_of_two_up_to_the_maximum(max_size, expected):
     for n in range(1, max_size + 1):
         fit = next(b for b in sizes if b >= n)
         assert fit <= max(2 * n, 2)
+
+
+def test_a_reused_slot_keeps_nothing_of_its_previous_image(model):
+    """Options left out (no label, no guidance) reset the slot rather than inherit the last image's."""
+    scheduler = make_scheduler(model, capacity=1, max_batch=1)
+    images: list[np.ndarray] = []
+    zero = np.zeros(1, np.float32)
+    scheduler.submit(Job(ImageOptions(np.array([1]), np.array([2]), zero, np.array([3]), np.array([2.0], np.float32)),
+                         images.append, pytest.fail))  # fmt: skip
+    scheduler.run_until_idle()
+    scheduler.submit(Job(ImageOptions(np.array([7]), np.array([2]), zero), images.append, pytest.fail))
+    scheduler.run_until_idle()
+    reference = Pipeline(model, CONFIG).sample([7], 2, "ddim")  # no labels: unconditional, no guidance
+    assert np.array_equal(images[1], reference)

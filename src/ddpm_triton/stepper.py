@@ -121,10 +121,12 @@ class Stepper:
             self.position.index_fill_(0, index, 0)
             self.seeds.index_copy_(0, index, seeds_t)
             self.eta.index_copy_(0, index, self._device(eta.astype(np.float32)))
-            if labels is not None:
-                self.labels.index_copy_(0, index, self._device(labels))
-            if guidance is not None:
-                self.guidance.index_copy_(0, index, self._device(guidance.astype(np.float32)))
+            # Absent options reset the slot (null label, no guidance): a reused slot keeps nothing.
+            n = len(slots)
+            labels = np.full(n, self.null_label or 0, np.int64) if labels is None else labels
+            guidance = np.ones(n, np.float32) if guidance is None else guidance.astype(np.float32)
+            self.labels.index_copy_(0, index, self._device(labels))
+            self.guidance.index_copy_(0, index, self._device(guidance))
             self.x.index_copy_(0, index, self.noise(seeds_t, 0))
 
     def images(self, slots: np.ndarray) -> Readback:
