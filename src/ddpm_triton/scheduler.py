@@ -56,6 +56,7 @@ class Job:
     failed: Callable[[str], None]
     """Called from the worker thread with a message when the request cannot finish."""
     slots: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    unfinished: int = 0  # images still being denoised
 
 
 @dataclass
@@ -77,7 +78,11 @@ class StepScheduler:
         self._lock = threading.Lock()
         self._admitted = 0  # images submitted and not yet finished (guarded by _lock)
         self._free = list(range(capacity - 1, -1, -1))
-        self._running: list[Job] = []  # in arrival order
+        self._running: set[Job] = set()
+        # Unfinished slots, oldest request first: a step takes the head of this array, so per-step
+        # bookkeeping is a few numpy operations whatever the number of requests in flight.
+        self._order = np.empty(0, np.int64)
+        self._owner: list[Job | None] = [None] * capacity
         self._deliveries: list[tuple[Job, Readback]] = []  # finished, images on their way to the host
         # Host mirrors of the per-slot progress: the worker never reads the device to schedule.
         self._position = np.zeros(capacity, np.int64)
@@ -121,6 +126,7 @@ class StepScheduler:
         for job in self._running:
             self._fail(job, reason)
         self._running.clear()
+        self._order = self._order[:0]
         while not self._inbox.empty():
             job = self._inbox.get_nowait()
             if job is not None:
@@ -163,7 +169,11 @@ class StepScheduler:
         self._length[job.slots] = [len(s) for s in schedules]
         self._stochastic[job.slots] = images.eta > 0
         self._guided[job.slots] = False if images.guidance is None else images.guidance != 1
-        self._running.append(job)
+        self._order = np.concatenate([self._order, job.slots])
+        for slot in job.slots.tolist():
+            self._owner[slot] = job
+        job.unfinished = len(job.slots)
+        self._running.add(job)
         return True
 
     def step(self) -> None:
@@ -175,27 +185,31 @@ class StepScheduler:
             self.stepper.advance(selection, bool(self._guided[selection].any()), bool(self._stochastic[selection].any()))
         except Exception as err:  # noqa: BLE001 - a failed step fails the requests in it, not the server
             log.exception("a denoising step failed")
-            stepped = set(selection.tolist())
-            for job in [j for j in self._running if stepped.intersection(j.slots.tolist())]:
-                self._running.remove(job)
+            failed = {self._owner[slot] for slot in selection.tolist()}
+            self._order = self._order[~np.isin(self._order, np.concatenate([j.slots for j in failed]))]
+            for job in failed:
+                self._running.discard(job)
                 self._fail(job, f"denoising failed: {err}")
             return
         self.counters.unet_calls += 1
         self.counters.images_stepped += len(selection)
         self._position[selection] += 1
-        for job in [j for j in self._running if (self._position[j.slots] == self._length[j.slots]).all()]:
-            self._running.remove(job)
+        finished = selection[self._position[selection] == self._length[selection]]
+        if len(finished) == 0:
+            return
+        self._order = self._order[self._position[self._order] < self._length[self._order]]
+        done = []
+        for slot in finished.tolist():
+            job = self._owner[slot]
+            job.unfinished -= 1
+            if job.unfinished == 0:
+                done.append(job)
+        for job in done:
+            self._running.discard(job)
             self._finish(job)
 
     def _select(self) -> np.ndarray:
-        chosen, room = [], self.max_batch
-        for job in self._running:
-            pending = job.slots[self._position[job.slots] < self._length[job.slots]]
-            chosen.append(pending[:room])
-            room -= len(chosen[-1])
-            if room == 0:
-                break
-        return np.concatenate(chosen) if chosen else np.empty(0, np.int64)
+        return self._order[: self.max_batch]
 
     def _finish(self, job: Job) -> None:
         """Start copying a finished request's images out; the slots are free for the next step at once
@@ -233,6 +247,8 @@ class StepScheduler:
         _notify(job.failed, message)
 
     def _release(self, job: Job) -> None:
+        for slot in job.slots.tolist():
+            self._owner[slot] = None
         self._free.extend(job.slots.tolist())
         with self._lock:
             self._admitted -= len(job.images)
