@@ -238,10 +238,14 @@ def test_runner_checks_labels_against_the_artifact(name: str, exported: Callable
 
 
 def test_load_runner_rejects_other_files(tmp_path: Path) -> None:
-    weights = tmp_path / "ema.safetensors"
-    weights.write_bytes(b"")
+    pickle = tmp_path / "model.pth"
+    pickle.write_bytes(b"")
     with pytest.raises(ValueError, match="not a U-Net artifact"):
-        load_runner(weights)
+        load_runner(pickle)
+    broken = tmp_path / "ema.safetensors"
+    broken.write_bytes(b"")
+    with pytest.raises(ValueError, match="ema.safetensors is not a readable safetensors file"):
+        load_runner(broken)
     with pytest.raises(FileNotFoundError):
         load_runner(tmp_path / "missing.onnx")
 

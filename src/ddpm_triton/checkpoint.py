@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import ModelConfig
@@ -29,8 +29,11 @@ def save_weights(path: Path, state: dict[str, torch.Tensor], config: ModelConfig
 
 
 def read_metadata(path: Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except SafetensorError as err:
+        raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
 
 
 def load_weights(path: Path | str) -> tuple[dict[str, torch.Tensor], ModelConfig]:
