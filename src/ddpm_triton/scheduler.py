@@ -145,13 +145,20 @@ class StepScheduler:
 
     def run_until_idle(self) -> None:
         """Drive the submitted requests to completion on the calling thread (offline use, tests)."""
-        while True:
-            while not self._inbox.empty():
-                self._admit(self._inbox.get_nowait())
-            if not self._running:
-                self._deliver(block=True)
-                return
-            self.step()
+        while self.poll():
+            pass
+        self._deliver(block=True)
+
+    def poll(self) -> bool:
+        """On the calling thread: admit what has arrived, take one step, answer the requests whose
+        images are already on the host. False when nothing was left to step."""
+        while not self._inbox.empty():
+            self._admit(self._inbox.get_nowait())
+        if not self._running:
+            return False
+        self.step()
+        self._deliver(block=False)
+        return True
 
     def _admit(self, job: Job | None) -> bool:
         if job is None:
