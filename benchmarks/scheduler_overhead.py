@@ -32,7 +32,7 @@ def host_ms_per_step(jobs: int, steps: int, measure: int) -> float:
         lambda x, t, labels: torch.zeros_like(x), Diffusion(DiffusionConfig(1000, "linear")), (3, 4, 4),
         capacity=4 * jobs, max_steps=1000, null_label=None, device=torch.device("cpu"), max_batch=jobs,
     )  # fmt: skip
-    scheduler = StepScheduler(stepper, 1000, 4 * jobs, jobs)
+    scheduler = StepScheduler(stepper)
     answered: list[np.ndarray] = []
 
     def submit(seed: int, n_steps: int) -> None:

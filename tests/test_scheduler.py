@@ -108,7 +108,7 @@ def make_scheduler(unet: Callable, capacity: int = 8, max_batch: int = 8) -> Ste
         unet, Diffusion(CONFIG.diffusion), SHAPE, capacity=capacity, max_steps=CONFIG.diffusion.timesteps,
         null_label=NULL_LABEL, device=torch.device("cpu"), max_batch=max_batch,
     )  # fmt: skip
-    return StepScheduler(stepper, CONFIG.diffusion.timesteps, capacity, max_batch)
+    return StepScheduler(stepper)
 
 
 @dataclass

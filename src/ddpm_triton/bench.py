@@ -113,7 +113,7 @@ def in_process_rows(checkpoint: Path, plan: Plan, command: str) -> list[Row]:
         config.diffusion.timesteps, u.num_classes if u.conditional else None, device, cuda_graphs=plan.gpu,
         max_batch=capacity,
     )  # fmt: skip
-    scheduler = StepScheduler(stepper, config.diffusion.timesteps, capacity, capacity)
+    scheduler = StepScheduler(stepper)
     rows = []
     for batch, steps, sampler in [*((b, plan.short_steps, "ddim") for b in plan.batches), (plan.long_batch, plan.long_steps, "ddpm")]:
         options = ImageOptions(np.arange(batch), np.full(batch, steps), np.full(batch, SAMPLER_ETA[sampler], np.float32))

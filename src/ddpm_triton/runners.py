@@ -94,9 +94,6 @@ class PyTorchRunner(UNetRunner):
         module = PrecisionWrapper(model, precision).to(device)
         if device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
-            # cuDNN's default heuristics pick slow channels_last fp16 kernels for these convolutions;
-            # benchmarking runs once per shape, in the CUDA-graph warm-up, never inside a request.
-            torch.backends.cudnn.benchmark = True
         # Static shapes: one compilation per CUDA-graph bucket (about 25 s each for the CIFAR-10
         # U-Net on an H100). A dynamic-batch compilation takes one pass but its kernels ran 19 ms per
         # step at batch 256 against 12 ms for static ones (benchmarks/README.md).

@@ -70,9 +70,13 @@ class Counters:
 
 
 class StepScheduler:
-    def __init__(self, stepper: Stepper, num_train_steps: int, capacity: int, max_batch: int) -> None:
-        self.stepper, self.num_train_steps = stepper, num_train_steps
-        self.capacity, self.max_batch = capacity, max_batch
+    """Schedules `stepper`'s slots: its capacity bounds the images admitted, its max_batch a step."""
+
+    def __init__(self, stepper: Stepper) -> None:
+        self.stepper = stepper
+        self.num_train_steps = stepper.diffusion.timesteps
+        capacity = self.capacity = stepper.capacity
+        self.max_batch = stepper.max_batch
         self.counters = Counters()
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -165,7 +169,8 @@ class StepScheduler:
             return False
         images = job.images
         job.slots = np.array([self._free.pop() for _ in range(len(images))], np.int64)
-        schedules = [timesteps(self.num_train_steps, int(s)) for s in images.steps]
+        per_count = {int(s): timesteps(self.num_train_steps, int(s)) for s in np.unique(images.steps)}
+        schedules = [per_count[int(s)] for s in images.steps]
         try:
             self.stepper.admit(job.slots, images.seeds, schedules, images.eta, images.labels, images.guidance)
         except Exception as err:  # noqa: BLE001 - a failed admission fails its request, not the server

@@ -44,7 +44,6 @@ class StepKind:
 class _Captured:
     graph: torch.cuda.CUDAGraph
     slots: torch.Tensor  # static input: the selection, padded with the scratch slot
-    live: torch.Tensor  # static input: 1 for real slots, 0 for padding (whose position must not move)
     last: np.ndarray | None = None  # the selection the static inputs hold now
 
 
@@ -77,6 +76,7 @@ class Stepper:
             raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
         self.unet, self.diffusion, self.device = unet, diffusion, device
         self.null_label = null_label
+        self.capacity, self.max_batch = capacity, max_batch
         self.scratch = capacity
         rows = capacity + 1
 
@@ -140,7 +140,7 @@ class Stepper:
         """One step of every slot in `slots` (at most max_batch, no duplicates)."""
         with torch.inference_mode():
             if not self.cuda_graphs:
-                self._step(self._device(slots), None, guided, stochastic)
+                self._step(self._device(slots), guided, stochastic)
                 return
             size = next(b for b in self.buckets if b >= len(slots))
             captured = self._captured(StepKind(size, guided, stochastic))
@@ -148,7 +148,6 @@ class Stepper:
             padded[: len(slots)] = slots
             if captured.last is None or not np.array_equal(captured.last, padded):
                 captured.slots.copy_(self._device(padded))
-                captured.live.copy_(self._device((padded != self.scratch).astype(np.int64)))
                 captured.last = padded
             captured.graph.replay()
             self._bound_run_ahead()
@@ -160,7 +159,7 @@ class Stepper:
                 for size in self.buckets:
                     self._captured(StepKind(size, guided, stochastic))
 
-    def _step(self, slots: torch.Tensor, live: torch.Tensor | None, guided: bool, stochastic: bool) -> None:
+    def _step(self, slots: torch.Tensor, guided: bool, stochastic: bool) -> None:
         position = self.position[slots]
         t = self.schedule[slots, position]
         t_prev = self.schedule[slots, position + 1]
@@ -174,24 +173,24 @@ class Stepper:
         z = self.noise(self.seeds[slots], t + 1) if stochastic else None
         x_prev, _ = self.diffusion.step(x, eps.to(x.dtype), t, t_prev, self.eta[slots], z)
         self.x.index_copy_(0, slots, x_prev)
-        self.position.index_copy_(0, slots, position + (1 if live is None else live))
+        # Padding (the scratch slot) never moves along its schedule.
+        self.position.index_copy_(0, slots, position + (slots != self.scratch).long())
 
     def _captured(self, kind: StepKind) -> _Captured:
         captured = self._graphs.get(kind)
         if captured is None:
             slots = torch.full((kind.size,), self.scratch, dtype=torch.int64, device=self.device)
-            live = torch.zeros_like(slots)
             # Warm-up runs (compilation, cuDNN autotuning, allocator) happen off the capture stream.
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 for _ in range(2):
-                    self._step(slots, live, kind.guided, kind.stochastic)
+                    self._step(slots, kind.guided, kind.stochastic)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
-                self._step(slots, live, kind.guided, kind.stochastic)
-            captured = self._graphs[kind] = _Captured(graph, slots, live)
+                self._step(slots, kind.guided, kind.stochastic)
+            captured = self._graphs[kind] = _Captured(graph, slots)
         return captured
 
     def _bound_run_ahead(self) -> None:

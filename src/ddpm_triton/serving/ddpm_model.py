@@ -70,7 +70,7 @@ class TritonPythonModel:
             guided=bool(self.facts.num_classes) and self.defaults.guidance_scale != 1,
             stochastic=self.defaults.sampler == "ddpm" or self.defaults.eta > 0,
         )
-        self.scheduler = StepScheduler(stepper, self.facts.timesteps, capacity, max_step_batch)
+        self.scheduler = StepScheduler(stepper)
         self.metrics = _Metrics(self.scheduler, {"model": args["model_name"], "version": args["model_version"]})
         self.scheduler.start()
         pb_utils.Logger.log_info(
