@@ -27,6 +27,10 @@ def test_bench_smoke_writes_the_result_schema(tmp_path, triton_home):
     }  # fmt: skip
     for row in rows:
         assert row["images_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+        if row["via_triton"]:  # read from ddpm's step counters: at most the request batch times the concurrency
+            assert 1 <= row["mean_step_batch"] <= row["batch"] * row["concurrency"]
+        else:
+            assert row["mean_step_batch"] is None
         assert {"system", "precision", "format", "sampler", "command"} <= row.keys()
     markdown = result.with_suffix(".md").read_text()
     assert markdown.count("| project |") == 7 and markdown.count("| diffusers-fp32-eager |") == 2

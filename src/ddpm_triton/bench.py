@@ -25,17 +25,18 @@ import torch
 from .checkpoint import load_weights, save_weights
 from .config import preset
 from .diffusion import Diffusion
-from .perf import run_perf_analyzer, write_input_data
+from .perf import PerfRow, run_perf_analyzer, write_input_data
 from .provenance import describe_device, git_commit
 from .runners import load_runner
 from .scheduler import ImageOptions, Job, StepScheduler
-from .soak import server_rss
+from .soak import read_counters, server_rss
 from .stepper import Stepper
 from .tritonserver import ServerFiles, TritonServer, free_port
 from .unet import UNet
 
 SAMPLER_ETA = {"ddim": 0.0, "ddpm": 1.0}
 PARTS = ("in_process", "peers", "triton")
+STEP_COUNTERS = ("ddpm_unet_calls", "ddpm_images_stepped")  # ddpm's Prometheus counters
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class Row:
     p99_ms: float
     peak_gpu_mb: float | None
     command: str
+    mean_step_batch: float | None = None
+    """Via Triton: images per U-Net call over the run (ddpm's counters), how well steps were batched."""
 
 
 @dataclass(frozen=True)
@@ -177,16 +180,38 @@ def triton_rows(server: TritonServer, work: Path, plan: Plan, precision: str, fm
     cases += [(long, plan.long_batch, 1, plan.long_steps, "ddpm")]
     rows = []
     for data, batch, level, steps, sampler in cases:
-        long_run = steps == plan.long_steps
-        (m,) = run_perf_analyzer(
-            server, data, concurrency=[level], batch_size=batch, max_trials=3 if long_run else 6,
-            requests_per_window=2 if long_run else max(8, 2 * level), stability_percent=plan.stability_percent,
-        )  # fmt: skip
+        m, stepped = perf_case(server, data, batch, level, steps == plan.long_steps, plan.stability_percent)
         rows.append(
             Row("project", True, precision, fmt, batch, level, steps, sampler, m.inferences_per_s, m.p50_ms,
-                m.p99_ms, gpu_memory_used_mb(), command)  # fmt: skip
+                m.p99_ms, gpu_memory_used_mb(), command, stepped.mean_batch)  # fmt: skip
         )
     return rows
+
+
+@dataclass(frozen=True)
+class Steps:
+    """What `ddpm` ran during a measurement, from its Prometheus counters."""
+
+    unet_calls: int
+    images_stepped: int
+
+    @property
+    def mean_batch(self) -> float | None:
+        return self.images_stepped / self.unet_calls if self.unet_calls else None
+
+
+def perf_case(
+    server: TritonServer, data: Path, batch: int, concurrency: int, long_run: bool, stability_percent: float
+) -> tuple[PerfRow, Steps]:
+    """perf_analyzer at one batch size and concurrency, and the U-Net steps `ddpm` ran meanwhile."""
+    before = read_counters(server, STEP_COUNTERS)
+    (m,) = run_perf_analyzer(
+        server, data, concurrency=[concurrency], batch_size=batch, max_trials=3 if long_run else 6,
+        requests_per_window=2 if long_run else max(8, 2 * concurrency), stability_percent=stability_percent,
+    )  # fmt: skip
+    after = read_counters(server, STEP_COUNTERS)
+    calls, images = (int(sum(after[c].values()) - sum(before[c].values())) for c in STEP_COUNTERS)
+    return m, Steps(calls, images)
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -236,17 +261,19 @@ def write_results(
         f"# {model} on {device}", "", f"{record['date']}, commit {record['commit']}", "",
         *(f"`{c}`" for c in commands), "",
         *(f"- {key}: {value}" for key, value in extra.items()), "",
-        "| system | via Triton | format | precision | sampler | steps | batch | concurrency | images/s | p50 ms | p99 ms | GPU MB |",
-        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| system | via Triton | format | precision | sampler | steps | batch | concurrency | images/s | p50 ms | p99 ms | GPU MB | step batch |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]  # fmt: skip
     for r in rows:
         memory = "" if r.peak_gpu_mb is None else f"{r.peak_gpu_mb:.0f}"
+        step_batch = "" if r.mean_step_batch is None else f"{r.mean_step_batch:.1f}"
         lines.append(
             f"| {r.system} | {'yes' if r.via_triton else 'no'} | {r.format} | {r.precision} | {r.sampler} | {r.steps} | "
-            f"{r.batch} | {r.concurrency} | {r.images_per_s:.2f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {memory} |"
+            f"{r.batch} | {r.concurrency} | {r.images_per_s:.2f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {memory} | {step_batch} |"
         )
     lines += ["", "GPU MB: in-process rows, torch.cuda.max_memory_reserved of the process; via Triton, nvidia-smi's "
-              "device total after the measurement (every stub included)."]  # fmt: skip
+              "device total after the measurement (every stub included). step batch: via Triton, images per U-Net "
+              "call during the run (ddpm's Prometheus counters)."]  # fmt: skip
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     from .benchplot import plot_results
 
@@ -254,12 +281,27 @@ def write_results(
     return path
 
 
-def run_bench(plan: Plan, out_dir: Path, home: Path, command: str, merge: bool = False) -> Path:
+def bench_server(checkpoint: Path, repository: Path, plan: Plan, largest: int, home: Path, log_path: Path) -> TritonServer:
+    """The server the bench measures (not started): `checkpoint` exported as the default repository would
+    be, step batches and requests up to `largest` images, the default target of the device."""
     from ddpm_triton.export.configs import ServingOptions
     from ddpm_triton.export.repository import export_repository
 
     from .artifacts import Variant
 
+    options = ServingOptions(
+        max_batch_size=largest, max_step_batch=largest, max_queued_images=2 * largest, default_guidance_scale=1.0,
+        gpu_precision=plan.precision, compile=plan.compile, unet=None if plan.gpu else "unet_onnx_fp32",
+    )  # fmt: skip
+    variants = [Variant("onnx", "fp32")]  # the CPU target's in-process artifact; the GPU one loads the weights
+    export_repository(checkpoint, repository, variants, options)
+    return TritonServer(
+        repository, ServerFiles(home), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+        model_config_name="gpu" if plan.gpu else None, log_path=log_path,
+    )  # fmt: skip
+
+
+def run_bench(plan: Plan, out_dir: Path, home: Path, command: str, merge: bool = False) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     largest = max([*plan.batches, plan.long_batch])
     with tempfile.TemporaryDirectory() as tmp:
@@ -275,17 +317,7 @@ def run_bench(plan: Plan, out_dir: Path, home: Path, command: str, merge: bool =
             write_results(rows, out_dir, model, command, {"partial": "unfinished"}, merge)
         if "triton" not in plan.parts:
             return write_results(rows, out_dir, model, command, {}, merge)
-        repository = work / "repository"
-        options = ServingOptions(
-            max_batch_size=largest, max_step_batch=largest, max_queued_images=2 * largest, default_guidance_scale=1.0,
-            gpu_precision=plan.precision, compile=plan.compile, unet=None if plan.gpu else "unet_onnx_fp32",
-        )  # fmt: skip
-        variants = [Variant("onnx", "fp32")]  # the CPU target's in-process artifact; the GPU one loads the weights
-        export_repository(checkpoint, repository, variants, options)
-        server = TritonServer(
-            repository, ServerFiles(home), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-            model_config_name="gpu" if plan.gpu else None, log_path=out_dir / "bench-server.log",
-        )  # fmt: skip
+        server = bench_server(checkpoint, work / "repository", plan, largest, home, out_dir / "bench-server.log")
         with server:
             rss_before = server_rss(server)
             rows += triton_rows(
