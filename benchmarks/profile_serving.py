@@ -1,140 +1,24 @@
 """Where the time goes when the server batches steps across requests: one perf_analyzer case at a time.
 
 For each case (images per request x concurrent clients, 50 DDIM steps) against the bench's server
-(`ddpm-triton bench`'s export and config), it reports what perf_analyzer sees (images/s, p50, p99)
-beside what `ddpm` did meanwhile: U-Net calls per second and images per call (its Prometheus
-counters) and, on a GPU, nvidia-smi's utilization. With `--py-spy SECONDS` it also samples the
-`ddpm` stub's Python threads during the case with the most clients (py-spy must be on PATH) and
-writes the raw profile plus a per-thread summary: how much of the stepping thread goes to waiting
-for the GPU, admitting requests, reading images back, answering.
+(`ddpm-triton bench`'s export and config) it reports images/s, p50 and p99 beside U-Net calls per
+second and images per call (`ddpm`'s counters) and GPU utilization; `--py-spy SECONDS` also
+profiles the `ddpm` stub during the case with the most clients (py-spy must be on PATH). The work
+is ddpm_triton.profiling. Comparing "1x64" (64 single-image clients) with "64x1" (one 64-image
+request at a time) separates the cost of step-level batching from the U-Net's:
 
-Comparing "1x64" (64 single-image clients) with "64x1" (one 64-image request at a time) separates
-the cost of step-level batching from the U-Net's:
-
-    python benchmarks/profile_serving.py --device gpu --cases 64x1,1x64 --py-spy 12
+    python benchmarks/profile_serving.py --device gpu --cases 1x1,64x1,256x1,1x64 --py-spy 12
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import contextlib
 import json
-import re
-import shutil
-import subprocess
-import tempfile
-import threading
-import time
-from datetime import datetime, timezone
+import shlex
+import sys
 from pathlib import Path
-from typing import Any
 
-from ddpm_triton.bench import Plan, bench_server, perf_case, random_checkpoint
-from ddpm_triton.perf import write_input_data
-from ddpm_triton.provenance import describe_device, git_commit
-from ddpm_triton.watchdog import stubs
-
-
-class GpuUtilization:
-    """nvidia-smi's utilization.gpu sampled every 0.2 s on a thread, while the `with` block runs."""
-
-    def __init__(self) -> None:
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> GpuUtilization:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"]
-        while not self._stop.wait(0.2):
-            out = subprocess.run(query, capture_output=True, text=True, check=False).stdout.strip()
-            if out:
-                self.samples.append(float(out))
-
-    @property
-    def mean(self) -> float | None:
-        return sum(self.samples) / len(self.samples) if self.samples else None
-
-
-def summarize_profile(raw: Path, top: int = 25) -> str:
-    """Per thread of a py-spy raw (collapsed) profile: the functions with the most inclusive samples."""
-    totals: collections.Counter[str] = collections.Counter()
-    inclusive: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        thread, *frames = stack.split(";")
-        totals[thread] += int(count)
-        for frame in set(re.sub(r" \(\S*/([^/]+:\d+)\)", r" (\1)", f) for f in frames):
-            inclusive[thread][frame] += int(count)
-    lines = []
-    for thread, total in totals.most_common(4):
-        lines.append(f"{thread}: {total} samples")
-        lines += [f"  {100 * n / total:5.1f}%  {frame}" for frame, n in inclusive[thread].most_common(top)]
-    return "\n".join(lines)
-
-
-def _py_spy(pid: int, seconds: int, out: Path) -> subprocess.Popen[str]:
-    command = ["py-spy", "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250", "--threads",
-               "--nonblocking", "--format", "raw", "--output", str(out)]  # fmt: skip
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, text=True)
-
-
-def profile(args: argparse.Namespace) -> dict[str, Any]:
-    gpu = args.device == "gpu"
-    cases = [tuple(int(n) for n in case.split("x")) for case in args.cases.split(",")]
-    largest = max(b * c for b, c in cases)
-    plan = Plan(
-        preset=args.preset, gpu=gpu, batches=[], concurrency=[], short_steps=args.steps, long_steps=args.steps,
-        long_batch=largest, repeats=1, peers=[], peer_batch=1, precision=args.precision, compile=gpu,
-        stability_percent=args.stability,
-    )  # fmt: skip
-    if args.py_spy and shutil.which("py-spy") is None:
-        raise SystemExit("--py-spy needs py-spy on PATH (pip install py-spy)")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        checkpoint = random_checkpoint(args.preset, work / "model.safetensors")
-        server = bench_server(checkpoint, work / "repository", plan, largest, args.home, args.out / "profile-server.log")
-        started = time.monotonic()
-        with server:
-            load_s = time.monotonic() - started
-            data = write_input_data(work / "short.json", seeds=64, STEPS=args.steps, SAMPLER="ddim")
-            (ddpm,) = [s for s in stubs(server.process.pid) if s.model == "ddpm"]
-            most = max(c for _, c in cases)
-            for batch, concurrency in cases:
-                spy, raw = None, args.out / f"profile-{batch}x{concurrency}.pyspy.txt"
-                if args.py_spy and concurrency == most:
-                    spy = _py_spy(ddpm.pid, args.py_spy, raw)
-                with GpuUtilization() if gpu else contextlib.nullcontext() as utilization:
-                    began = time.monotonic()
-                    m, stepped = perf_case(server, data, batch, concurrency, False, args.stability)
-                    seconds = time.monotonic() - began
-                row = {
-                    "batch": batch, "concurrency": concurrency, "images_per_s": m.inferences_per_s, "p50_ms": m.p50_ms,
-                    "p99_ms": m.p99_ms, "mean_step_batch": stepped.mean_batch,
-                    "unet_calls_per_s": stepped.unet_calls / seconds,
-                    "gpu_utilization_percent": utilization.mean if gpu else None,
-                }  # fmt: skip
-                if spy is not None:
-                    spy.wait()
-                    row["py_spy"] = {"raw": raw.name, "summary": summarize_profile(raw).splitlines()}
-                rows.append(row)
-                print(json.dumps({k: v for k, v in row.items() if k != "py_spy"}), flush=True)
-    return {
-        "device": describe_device("cuda" if gpu else "cpu"), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(), "command": args.command_line, "model": f"{args.preset} U-Net (random weights)",
-        "steps": args.steps, "server_load_s": round(load_s), "rows": rows,
-    }  # fmt: skip
+from ddpm_triton.profiling import profile
 
 
 def main() -> None:
@@ -143,17 +27,18 @@ def main() -> None:
     parser.add_argument("--preset", default="cifar10")
     parser.add_argument("--cases", default="64x1,1x64", help="images per request x concurrency, comma-separated")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--precision", default="fp16")
+    parser.add_argument("--precision", default="fp16", help="GPU compute precision")
     parser.add_argument("--stability", type=float, default=50.0, help="perf_analyzer --stability-percentage")
     parser.add_argument("--py-spy", type=int, default=0, metavar="SECONDS", help="profile ddpm's stub this long")
     parser.add_argument("--home", type=Path, default=Path(".cache/tritonserver"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
-    args.command_line = "python benchmarks/profile_serving.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("home", "out") and v
-    )
     args.out.mkdir(parents=True, exist_ok=True)
-    record = profile(args)
+    cases = [(int(b), int(c)) for b, c in (case.split("x") for case in args.cases.split(","))]
+    record = profile(
+        cases, args.device == "gpu", args.preset, args.steps, args.precision, args.stability, args.py_spy, args.home,
+        args.out, shlex.join(["python", "benchmarks/profile_serving.py", *sys.argv[1:]]),
+    )  # fmt: skip
     device = record["device"].split(",")[0].removeprefix("GPU: ").removeprefix("CPU: ").replace(" ", "-").lower()
     path = args.out / f"profile-{record['date'][:10]}-{device}.json"
     path.write_text(json.dumps(record, indent=2))
