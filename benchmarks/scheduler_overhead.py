@@ -1,17 +1,30 @@
-"""Host time per denoising step of the step scheduler, with the U-Net taken out.
+"""Time per step of the step engine when single-image requests arrive staggered, in-process.
 
-The 64-client rows of the H100 record spend about 3 ms per step beyond the U-Net; this isolates
-the scheduler's own share: `--jobs` single-image requests in flight (staggered so about
-jobs/steps of them finish and are replaced every step), a U-Net that returns zeros, 4x4 images,
-CPU. What remains is the bookkeeping, admissions, read-backs and the eager step math.
+`--jobs` single-image requests are kept in flight (staggered so that about jobs/steps of them
+finish and are replaced at every step, as with that many clients) and the time per step is
+compared with one request of `--jobs` images, which has the same U-Net batch and no admissions or
+answers. Two ways to run it:
 
-    .venv/bin/python benchmarks/scheduler_overhead.py --jobs 64 --steps 50 --measure 2000
+- `--unet zeros` (CPU): a U-Net that returns zeros on 4x4 images, so what is timed is the
+  scheduler's own host work: bookkeeping, admissions, read-backs and the eager step math.
+
+      python benchmarks/scheduler_overhead.py --jobs 64 --steps 50 --measure 2000
+
+- `--unet cifar10 --device cuda` (a GPU host): the real U-Net (random weights, fp16, CUDA graphs;
+  `--compile` as the server does it), so the in-process twin of benchmarks/profile_serving.py's
+  "1x64 against 64x1", without Triton in the way. `--run-ahead 2,4,8` also sweeps how many steps
+  the host may queue ahead of the GPU.
+
+      python benchmarks/scheduler_overhead.py --unet cifar10 --device cuda --jobs 64 --measure 500 --run-ahead 2,4,8
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,37 +32,91 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddpm_triton.bench import random_checkpoint
+from ddpm_triton.checkpoint import load_weights
 from ddpm_triton.config import DiffusionConfig
 from ddpm_triton.diffusion import Diffusion
 from ddpm_triton.provenance import describe_device, git_commit
+from ddpm_triton.runners import load_runner
 from ddpm_triton.scheduler import ImageOptions, Job, StepScheduler
 from ddpm_triton.stepper import Stepper
 
 
-def host_ms_per_step(jobs: int, steps: int, measure: int) -> float:
-    torch.set_num_threads(1)
-    stepper = Stepper(
+def zeros_stepper(jobs: int) -> Stepper:
+    """4x4 images and a U-Net that returns zeros: only the engine's own work is left to time."""
+    return Stepper(
         lambda x, t, labels: torch.zeros_like(x), Diffusion(DiffusionConfig(1000, "linear")), (3, 4, 4),
         capacity=4 * jobs, max_steps=1000, null_label=None, device=torch.device("cpu"), max_batch=jobs,
     )  # fmt: skip
-    scheduler = StepScheduler(stepper)
+
+
+def unet_stepper(preset: str, device: str, jobs: int, compile: bool) -> Stepper:
+    """The preset's U-Net with random weights, as the GPU server runs it (fp16, CUDA graphs)."""
+    checkpoint = random_checkpoint(preset, Path(tempfile.mkdtemp()) / "model.safetensors")
+    _, config = load_weights(checkpoint)
+    target, gpu = torch.device(device), device.startswith("cuda")
+    runner = load_runner(checkpoint, device, precision="fp16" if gpu else "fp32", compile=compile)
+    u = config.unet
+    stepper = Stepper(
+        runner, Diffusion(config.diffusion, target), (u.in_channels, u.image_size, u.image_size), capacity=4 * jobs,
+        max_steps=config.diffusion.timesteps, null_label=u.num_classes if u.conditional else None, device=target,
+        cuda_graphs=gpu, max_batch=jobs,
+    )  # fmt: skip
+    stepper.warm_up(guided=False, stochastic=False)
+    return stepper
+
+
+def _submit(scheduler: StepScheduler, seeds: np.ndarray, steps: int, answered: list[np.ndarray]) -> None:
+    options = ImageOptions(seeds, np.full(len(seeds), steps), np.zeros(len(seeds), np.float32))
+    scheduler.submit(Job(options, answered.append, lambda message: print("failed:", message)))
+
+
+def staggered_ms_per_step(scheduler: StepScheduler, jobs: int, steps: int, measure: int) -> tuple[float, float, float]:
+    """(ms per step, of which in the worker's `poll`, mean images per step) with `jobs` single-image
+    requests, each replaced as it finishes. Submitting (which prepares a request's images) is Triton's
+    `execute` thread's work in the server; here it runs between polls and counts only in the first."""
     answered: list[np.ndarray] = []
-
-    def submit(seed: int, n_steps: int) -> None:
-        options = ImageOptions(np.array([seed]), np.array([n_steps]), np.zeros(1, np.float32))
-        scheduler.submit(Job(options, answered.append, lambda message: print("failed:", message)))
-
     for i in range(jobs):  # staggered: a steady state where about jobs/steps requests end per step
-        submit(i, 1 + i % steps)
-    # The worker's loop, driven here so that each answered request is replaced at once.
-    seed, started = jobs, time.perf_counter()
-    for _ in range(measure):
+        _submit(scheduler, np.array([i]), 1 + i % steps, answered)
+    seed = jobs
+    for _ in range(2 * steps):  # into the steady state (and every graph warm)
         before = len(answered)
         scheduler.poll()
         for _ in range(len(answered) - before):
-            submit(seed, steps)
+            _submit(scheduler, np.array([seed]), steps, answered)
             seed += 1
-    return (time.perf_counter() - started) / measure * 1000
+    calls, images = scheduler.counters.unet_calls, scheduler.counters.images_stepped
+    _synchronize(scheduler)
+    polling = 0.0
+    started = time.perf_counter()
+    for _ in range(measure):  # the worker's loop, driven here so that each answer is replaced at once
+        before = len(answered)
+        polled = time.perf_counter()
+        scheduler.poll()
+        polling += time.perf_counter() - polled
+        for _ in range(len(answered) - before):
+            _submit(scheduler, np.array([seed]), steps, answered)
+            seed += 1
+    _synchronize(scheduler)
+    seconds = time.perf_counter() - started
+    mean_batch = (scheduler.counters.images_stepped - images) / (scheduler.counters.unet_calls - calls)
+    scheduler.run_until_idle()
+    return seconds / measure * 1000, polling / measure * 1000, mean_batch
+
+
+def batch_ms_per_step(scheduler: StepScheduler, jobs: int, steps: int) -> float:
+    """ms per step of one request of `jobs` images (the same U-Net batch, one admission, one answer)."""
+    answered: list[np.ndarray] = []
+    _submit(scheduler, np.arange(jobs), steps, answered)
+    _synchronize(scheduler)
+    started = time.perf_counter()
+    scheduler.run_until_idle()
+    return (time.perf_counter() - started) / steps * 1000
+
+
+def _synchronize(scheduler: StepScheduler) -> None:
+    if scheduler.stepper.device.type == "cuda":
+        torch.cuda.synchronize(scheduler.stepper.device)
 
 
 def main() -> None:
@@ -58,19 +125,45 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--measure", type=int, default=2000, help="steps timed")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--unet", default="zeros", help="'zeros' or a preset (random weights)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net (static shapes per bucket)")
+    parser.add_argument("--run-ahead", default="2", help="comma-separated values of Stepper.run_ahead to measure")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
-    times = [host_ms_per_step(args.jobs, args.steps, args.measure) for _ in range(args.repeats)]
+    if args.unet == "zeros":
+        torch.set_num_threads(1)
+        stepper = zeros_stepper(args.jobs)
+    else:
+        stepper = unet_stepper(args.unet, args.device, args.jobs, args.compile)
+    scheduler = StepScheduler(stepper)
+    rows = []
+    for run_ahead in (int(n) for n in args.run_ahead.split(",")):
+        stepper.run_ahead = run_ahead
+        staggered = [staggered_ms_per_step(scheduler, args.jobs, args.steps, args.measure) for _ in range(args.repeats)]
+        batch = [batch_ms_per_step(scheduler, args.jobs, args.steps) for _ in range(args.repeats)]
+        row = {
+            "run_ahead": run_ahead, "staggered_ms_per_step": [ms for ms, _, _ in staggered],
+            "staggered_poll_ms_per_step": [poll for _, poll, _ in staggered],
+            "staggered_mean_step_batch": [b for _, _, b in staggered], "batch_ms_per_step": batch,
+            "median_staggered_ms": float(np.median([ms for ms, _, _ in staggered])),
+            "median_staggered_poll_ms": float(np.median([poll for _, poll, _ in staggered])),
+            "median_batch_ms": float(np.median(batch)),
+        }  # fmt: skip
+        rows.append(row)
+        print(f"run_ahead {run_ahead}: {args.jobs} staggered requests {row['median_staggered_ms']:.2f} ms/step "
+              f"({row['median_staggered_poll_ms']:.2f} in the worker's poll), one {args.jobs}-image request "
+              f"{row['median_batch_ms']:.2f} ms/step", flush=True)  # fmt: skip
     record = {
-        "device": describe_device("cpu"), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(), "command": f"python benchmarks/scheduler_overhead.py --jobs {args.jobs} "
-        f"--steps {args.steps} --measure {args.measure} --repeats {args.repeats}",
-        "host_ms_per_step": times, "median_ms": float(np.median(times)),
+        "device": describe_device(args.device), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(), "command": shlex.join(["python", "benchmarks/scheduler_overhead.py", *sys.argv[1:]]),
+        "unet": args.unet, "compile": args.compile, "jobs": args.jobs, "steps": args.steps, "rows": rows,
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"scheduler-overhead-{record['date'][:10]}-cpu.json"
+    device = "cpu" if args.device == "cpu" else record["device"].split(",")[0].removeprefix("GPU: ").replace(" ", "-").lower()
+    path = args.out / f"scheduler-overhead-{record['date'][:10]}-{device}.json"
     path.write_text(json.dumps(record, indent=2))
-    print(f"{record['median_ms']:.2f} ms host time per step (median of {times}); wrote {path}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

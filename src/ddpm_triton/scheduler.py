@@ -23,8 +23,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from .sampling import timesteps
-from .stepper import Readback, Stepper
+from .stepper import Admission, Readback, Stepper
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,7 +53,9 @@ class Job:
     done: Callable[[np.ndarray], None]
     """Called from the worker thread with uint8 images [n, H, W, C], in request order."""
     failed: Callable[[str], None]
-    """Called from the worker thread with a message when the request cannot finish."""
+    """Called with a message when the request cannot finish: from the worker thread, or from `submit`
+    when its images could not even be prepared."""
+    admission: Admission | None = None  # prepared by `submit`, consumed by the worker's admission
     slots: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     unfinished: int = 0  # images still being denoised
 
@@ -74,7 +75,6 @@ class StepScheduler:
 
     def __init__(self, stepper: Stepper) -> None:
         self.stepper = stepper
-        self.num_train_steps = stepper.diffusion.timesteps
         capacity = self.capacity = stepper.capacity
         self.max_batch = stepper.max_batch
         self.counters = Counters()
@@ -98,8 +98,12 @@ class StepScheduler:
     # ---- producer side (any thread) --------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
-        """Queue a request; raise Busy if it would take admitted images past `capacity`."""
-        n = len(job.images)
+        """Queue a request; raise Busy if it would take admitted images past `capacity`.
+
+        Its images are prepared here, on the caller's thread (x_T, schedule rows), not the worker's.
+        """
+        images = job.images
+        n = len(images)
         with self._lock:
             if self._admitted + n > self.capacity:
                 raise Busy(
@@ -107,6 +111,15 @@ class StepScheduler:
                     f"(limit {self.capacity}); retry later"
                 )
             self._admitted += n
+        try:
+            job.admission = self.stepper.prepare(images.seeds, images.steps, images.eta, images.labels, images.guidance)
+        except Exception as err:  # noqa: BLE001 - a request that cannot start fails alone
+            log.exception("preparing a request failed")
+            with self._lock:
+                self._admitted -= n
+            self.counters.requests_failed += 1
+            _notify(job.failed, f"could not start sampling: {err}")
+            return
         self._inbox.put(job)
 
     @property
@@ -167,18 +180,18 @@ class StepScheduler:
     def _admit(self, job: Job | None) -> bool:
         if job is None:
             return False
-        images = job.images
-        job.slots = np.array([self._free.pop() for _ in range(len(images))], np.int64)
-        per_count = {int(s): timesteps(self.num_train_steps, int(s)) for s in np.unique(images.steps)}
-        schedules = [per_count[int(s)] for s in images.steps]
+        admission, job.admission = job.admission, None
+        assert admission is not None, "jobs are prepared by submit"
+        job.slots = np.array([self._free.pop() for _ in range(len(admission.lengths))], np.int64)
         try:
-            self.stepper.admit(job.slots, images.seeds, schedules, images.eta, images.labels, images.guidance)
+            self.stepper.admit(job.slots, admission)
         except Exception as err:  # noqa: BLE001 - a failed admission fails its request, not the server
             log.exception("admitting a request failed")
             self._fail(job, f"could not start sampling: {err}")
             return True
         self._position[job.slots] = 0
-        self._length[job.slots] = [len(s) for s in schedules]
+        self._length[job.slots] = admission.lengths
+        images = job.images
         self._stochastic[job.slots] = images.eta > 0
         self._guided[job.slots] = False if images.guidance is None else images.guidance != 1
         self._order = np.concatenate([self._order, job.slots])

@@ -13,7 +13,7 @@ bucket with a scratch slot whose results are never read.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +21,7 @@ import torch
 
 from .diffusion import Diffusion, guide
 from .noise import SeededNoise
-from .sampling import to_uint8
+from .sampling import timesteps, to_uint8
 
 UNetFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 """(x [B, C, H, W] float32, t [B] float32, labels [B] int or None) -> eps [B, C, H, W] float32."""
@@ -57,6 +57,19 @@ def buckets(max_size: int) -> list[int]:
     return [*sizes, max(max_size, 2)]
 
 
+@dataclass(frozen=True)
+class Admission:
+    """A request's images ready to enter slots (host tensors, pinned for a GPU): see `Stepper.prepare`."""
+
+    x: torch.Tensor  # [n, C, H, W] float32: x_T
+    schedule: torch.Tensor  # [n, max_steps + 1] int64: each image's descending timesteps, then -1
+    seeds: torch.Tensor  # [n] int64
+    eta: torch.Tensor  # [n] float32
+    labels: torch.Tensor  # [n] int64
+    guidance: torch.Tensor  # [n] float32
+    lengths: np.ndarray  # [n] int64: steps of each image
+
+
 class Stepper:
     """The device-resident state of `capacity` slots and the step that advances any of them."""
 
@@ -71,6 +84,7 @@ class Stepper:
         device: torch.device,
         cuda_graphs: bool = False,
         max_batch: int = 64,
+        run_ahead: int = RUN_AHEAD,
     ) -> None:
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
@@ -97,6 +111,7 @@ class Stepper:
         # queued between steps (a quarter of the stepping thread's time with 64 clients on an H100).
         self._initial_noise = SeededNoise(image_shape)
         self.cuda_graphs = cuda_graphs
+        self.run_ahead = run_ahead  # steps the host may queue ahead of the GPU
         self.buckets = buckets(max_batch)
         self._graphs: dict[StepKind, _Captured] = {}
         self._pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
@@ -104,33 +119,40 @@ class Stepper:
 
     # ---- slots -----------------------------------------------------------------------------------
 
-    def admit(
-        self,
-        slots: np.ndarray,
-        seeds: np.ndarray,
-        schedules: Sequence[Sequence[int]],
-        eta: np.ndarray,
-        labels: np.ndarray | None,
-        guidance: np.ndarray | None,
-    ) -> None:
-        """Fill `slots` with new images at x_T, each with its own schedule (descending timesteps)."""
-        index = self._device(slots)
-        table = np.full((len(slots), self.schedule.shape[1]), -1, np.int64)
-        for row, schedule in zip(table, schedules):
-            row[: len(schedule)] = schedule
-        seeds_t = self._device(seeds)
+    def prepare(
+        self, seeds: np.ndarray, steps: np.ndarray, eta: np.ndarray, labels: np.ndarray | None, guidance: np.ndarray | None
+    ) -> Admission:
+        """Everything `admit` will copy into slots for these images, computed on the host.
+
+        Called from the submitting thread (Triton's `execute`), so that the stepping thread only
+        copies: drawing x_T and building the schedule rows were half of its host time with 64
+        single-image clients (benchmarks/scheduler_overhead.py). Reads nothing that a step changes.
+        """
+        n = len(seeds)
+        per_count = {int(s): timesteps(self.diffusion.timesteps, int(s)) for s in np.unique(steps)}
+        table = np.full((n, self.schedule.shape[1]), -1, np.int64)
+        for row, count in zip(table, steps.tolist()):
+            row[:count] = per_count[count]
+        # Absent options reset the slot (null label, no guidance): a reused slot keeps nothing.
+        labels = np.full(n, self.null_label or 0, np.int64) if labels is None else labels
+        guidance = np.ones(n, np.float32) if guidance is None else guidance
         with torch.inference_mode():
-            self.schedule.index_copy_(0, index, self._device(table))
+            x = self._initial_noise(torch.from_numpy(np.ascontiguousarray(seeds, np.int64)), 0)
+        host = [x, *(torch.from_numpy(np.ascontiguousarray(a, d)) for a, d in (
+            (table, np.int64), (seeds, np.int64), (eta, np.float32), (labels, np.int64), (guidance, np.float32)))]
+        if self.device.type == "cuda":  # pinned: the copies in `admit` do not stall the stepping thread
+            host = [t.pin_memory() for t in host]
+        return Admission(*host, lengths=np.array([len(per_count[c]) for c in steps.tolist()], np.int64))
+
+    def admit(self, slots: np.ndarray, admission: Admission) -> None:
+        """Fill `slots` with the prepared images at x_T, each at the start of its own schedule."""
+        index = self._device(slots)
+        a = admission
+        with torch.inference_mode():
+            for table, values in ((self.x, a.x), (self.schedule, a.schedule), (self.seeds, a.seeds),
+                                  (self.eta, a.eta), (self.labels, a.labels), (self.guidance, a.guidance)):  # fmt: skip
+                table.index_copy_(0, index, values.to(self.device, non_blocking=True))
             self.position.index_fill_(0, index, 0)
-            self.seeds.index_copy_(0, index, seeds_t)
-            self.eta.index_copy_(0, index, self._device(eta.astype(np.float32)))
-            # Absent options reset the slot (null label, no guidance): a reused slot keeps nothing.
-            n = len(slots)
-            labels = np.full(n, self.null_label or 0, np.int64) if labels is None else labels
-            guidance = np.ones(n, np.float32) if guidance is None else guidance.astype(np.float32)
-            self.labels.index_copy_(0, index, self._device(labels))
-            self.guidance.index_copy_(0, index, self._device(guidance))
-            self.x.index_copy_(0, index, self._device(self._initial_noise(torch.from_numpy(seeds), 0).numpy()))
 
     def images(self, slots: np.ndarray) -> Readback:
         """uint8 [n, H, W, C] of finished slots, on their way to host memory (the slots may be reused at once)."""
@@ -200,7 +222,7 @@ class Stepper:
         event = torch.cuda.Event()
         event.record()
         self._in_flight.append(event)
-        if len(self._in_flight) > RUN_AHEAD:
+        if len(self._in_flight) > self.run_ahead:
             self._in_flight.popleft().synchronize()
 
     def _device(self, values: np.ndarray) -> torch.Tensor:
