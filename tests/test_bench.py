@@ -18,6 +18,9 @@ def test_bench_smoke_writes_the_result_schema(tmp_path, triton_home):
     record = json.loads(result.read_text())
     assert {"device", "date", "commit", "model", "rows", "server_host_memory_mib"} <= record.keys()
     rows = record["rows"]
+    memory = record["server_host_memory_mib"]  # tritonserver and its stubs: after load, after each case through it
+    assert memory["after_load"] > 0 and len(memory["after_each_case"]) == sum(r["via_triton"] for r in rows)
+    assert all(m > 0 for m in memory["after_each_case"])
     seen = {(r["system"], r["via_triton"], r["batch"], r["concurrency"], r["steps"], r["sampler"]) for r in rows}
     assert seen == {
         ("project", False, 1, 1, 2, "ddim"), ("project", False, 2, 1, 2, "ddim"), ("project", False, 2, 1, 3, "ddpm"),

@@ -171,21 +171,25 @@ def peer_rows(plan: Plan, command: str) -> list[Row]:
 # ---- through Triton ------------------------------------------------------------------------------------
 
 
-def triton_rows(server: TritonServer, work: Path, plan: Plan, precision: str, fmt: str, command: str) -> list[Row]:
-    """perf_analyzer over gRPC: the short batch sweep, the single-image concurrency sweep, the long runs."""
+def triton_rows(
+    server: TritonServer, work: Path, plan: Plan, precision: str, fmt: str, command: str
+) -> tuple[list[Row], list[int]]:
+    """perf_analyzer over gRPC: the short batch sweep, the single-image concurrency sweep, the long runs;
+    and the server's resident memory (MiB, tritonserver and its stubs) after each of them."""
     short = write_input_data(work / "short.json", seeds=64, STEPS=plan.short_steps, SAMPLER="ddim")
     long = write_input_data(work / "long.json", seeds=8, STEPS=plan.long_steps, SAMPLER="ddpm")
     cases = [(short, b, 1, plan.short_steps, "ddim") for b in plan.batches]
     cases += [(short, 1, c, plan.short_steps, "ddim") for c in plan.concurrency if c > 1 or 1 not in plan.batches]
     cases += [(long, plan.long_batch, 1, plan.long_steps, "ddpm")]
-    rows = []
+    rows, memory = [], []
     for data, batch, level, steps, sampler in cases:
         m, stepped = perf_case(server, data, batch, level, steps == plan.long_steps, plan.stability_percent)
         rows.append(
             Row("project", True, precision, fmt, batch, level, steps, sampler, m.inferences_per_s, m.p50_ms,
                 m.p99_ms, gpu_memory_used_mb(), command, stepped.mean_batch)  # fmt: skip
         )
-    return rows
+        memory.append(server_rss(server) // 2**20)
+    return rows, memory
 
 
 @dataclass(frozen=True)
@@ -319,13 +323,14 @@ def run_bench(plan: Plan, out_dir: Path, home: Path, command: str, merge: bool =
             return write_results(rows, out_dir, model, command, {}, merge)
         server = bench_server(checkpoint, work / "repository", plan, largest, home, out_dir / "bench-server.log")
         with server:
-            rss_before = server_rss(server)
-            rows += triton_rows(
+            loaded = server_rss(server) // 2**20
+            served, memory = triton_rows(
                 server, work, plan, plan.precision if plan.gpu else "fp32", "pytorch" if plan.gpu else "onnx", command
             )
-            rss_after = server_rss(server)
+            rows += served
     extra = {
-        "server_host_memory_mib": {"before": rss_before // 2**20, "after": rss_after // 2**20},
+        # After load, torch.compile's worker processes may still be alive: flatness is read between the cases.
+        "server_host_memory_mib": {"after_load": loaded, "after_each_case": memory},
         "server": f"in-process U-Net ({'weights, ' + plan.precision + ', CUDA graphs' + (', torch.compile' if plan.compile else '') if plan.gpu else 'ONNX fp32'}), "
                   f"max_step_batch {largest}",
     }  # fmt: skip
