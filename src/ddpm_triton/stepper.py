@@ -131,8 +131,9 @@ class Stepper:
         n = len(seeds)
         per_count = {int(s): timesteps(self.diffusion.timesteps, int(s)) for s in np.unique(steps)}
         table = np.full((n, self.schedule.shape[1]), -1, np.int64)
-        for row, count in zip(table, steps.tolist()):
-            row[:count] = per_count[count]
+        schedules = [per_count[count] for count in steps.tolist()]
+        for row, schedule in zip(table, schedules):
+            row[: len(schedule)] = schedule
         # Absent options reset the slot (null label, no guidance): a reused slot keeps nothing.
         labels = np.full(n, self.null_label or 0, np.int64) if labels is None else labels
         guidance = np.ones(n, np.float32) if guidance is None else guidance
@@ -142,7 +143,7 @@ class Stepper:
             (table, np.int64), (seeds, np.int64), (eta, np.float32), (labels, np.int64), (guidance, np.float32)))]
         if self.device.type == "cuda":  # pinned: the copies in `admit` do not stall the stepping thread
             host = [t.pin_memory() for t in host]
-        return Admission(*host, lengths=np.array([len(per_count[c]) for c in steps.tolist()], np.int64))
+        return Admission(*host, lengths=np.array([len(s) for s in schedules], np.int64))
 
     def admit(self, slots: np.ndarray, admission: Admission) -> None:
         """Fill `slots` with the prepared images at x_T, each at the start of its own schedule."""
