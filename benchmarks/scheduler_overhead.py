@@ -78,25 +78,23 @@ def staggered_ms_per_step(scheduler: StepScheduler, jobs: int, steps: int, measu
     answered: list[np.ndarray] = []
     for i in range(jobs):  # staggered: a steady state where about jobs/steps requests end per step
         _submit(scheduler, np.array([i]), 1 + i % steps, answered)
-    seed = jobs
-    for _ in range(2 * steps):  # into the steady state (and every graph warm)
-        before = len(answered)
+    seeds = iter(range(jobs, 2**62))
+
+    def turn() -> float:
+        """The worker's loop, driven here so that each answer is replaced at once; returns the poll's time."""
+        before, polled = len(answered), time.perf_counter()
         scheduler.poll()
+        polling = time.perf_counter() - polled
         for _ in range(len(answered) - before):
-            _submit(scheduler, np.array([seed]), steps, answered)
-            seed += 1
+            _submit(scheduler, np.array([next(seeds)]), steps, answered)
+        return polling
+
+    for _ in range(2 * steps):  # into the steady state (and every graph warm)
+        turn()
     calls, images = scheduler.counters.unet_calls, scheduler.counters.images_stepped
     _synchronize(scheduler)
-    polling = 0.0
     started = time.perf_counter()
-    for _ in range(measure):  # the worker's loop, driven here so that each answer is replaced at once
-        before = len(answered)
-        polled = time.perf_counter()
-        scheduler.poll()
-        polling += time.perf_counter() - polled
-        for _ in range(len(answered) - before):
-            _submit(scheduler, np.array([seed]), steps, answered)
-            seed += 1
+    polling = sum(turn() for _ in range(measure))
     _synchronize(scheduler)
     seconds = time.perf_counter() - started
     mean_batch = (scheduler.counters.images_stepped - images) / (scheduler.counters.unet_calls - calls)
