@@ -19,6 +19,7 @@ from ddpm_client import contract
 from ddpm_triton import artifacts
 from ddpm_triton.artifacts import Variant
 from ddpm_triton.config import ModelConfig
+from ddpm_triton.watchdog import POLICY, RESTART_SERVER
 
 from .pbtxt import Enum, parameters
 
@@ -42,6 +43,15 @@ UNET_PREFERENCE = {
 # Where `ddpm` runs the U-Net on each target (see serving/ddpm_model.py): in its own process where
 # PyTorch or the artifact's runtime is at hand, through BLS where only a native backend runs it.
 EXECUTION = {"cpu": "in_process", "gpu": "in_process", "container": "bls"}
+
+# What the stub watchdog (src/ddpm_triton/watchdog.py) does when `ddpm`'s stub process dies, on
+# every target: restart tritonserver, not reload the model. `ddpm` answers its requests through
+# response senders from its scheduler's thread (execute returns None), and Triton 2.51 never
+# answers a request that was in flight on a stub that died: a reload serves new requests but leaves
+# those hanging until their clients' deadlines. Ending the server closes their connections, so their
+# clients get an error at once (ddpm-client retries it). The U-Nets answer inside execute, where
+# Triton fails their requests itself, so they keep the watchdog's default: a reload.
+DDPM_ON_STUB_DEATH = RESTART_SERVER
 
 WEIGHTS = "model.safetensors"
 """The checkpoint's weights, copied into `ddpm/1/`: what the GPU fast path loads."""
@@ -138,6 +148,7 @@ def ddpm_config(model: ModelConfig, unet: str, options: ServingOptions, target: 
                 "default_sampler": options.default_sampler,
                 "default_eta": str(options.default_eta),
                 "default_guidance_scale": str(options.default_guidance_scale if u.conditional else 1.0),
+                POLICY: DDPM_ON_STUB_DEATH,
             }
         ),
     }

@@ -34,6 +34,7 @@ from ddpm_client.requests import (
 )
 from ddpm_client.retry import RetryPolicy, as_generation_error, is_retryable
 from ddpm_client.transport import Endpoint, default_url
+from geventhttpclient.response import HTTPConnectionClosed
 from google.protobuf.json_format import MessageToJson
 from hypothesis import given
 from hypothesis import strategies as st
@@ -295,6 +296,7 @@ RETRYABLE = [
     ConnectionResetError(104, "Connection reset by peer"),
     aiohttp.ClientConnectorError(None, OSError(111, "Connect call failed")),
     aiohttp.ServerDisconnectedError(),
+    HTTPConnectionClosed("connection closed."),  # tritonclient.http: the server went away mid-request
 ]
 FINAL = [
     InferenceServerException("STEPS must be in [1, 1000], got 0", status="StatusCode.INVALID_ARGUMENT"),

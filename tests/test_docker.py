@@ -160,16 +160,27 @@ def test_export_and_triton_share_the_repository(compose):
 
 def test_triton_runs_the_stub_watchdog(compose):
     """The wrapper starts the watchdog (tests/test_reliability.py runs it on the pip server); it
-    reloads models, so Triton must be in explicit model-control mode, in compose and in the image."""
+    reloads models, so Triton must be in explicit model-control mode, in compose and in the image.
+
+    For `ddpm` the watchdog ends tritonserver (SIGKILL) and the wrapper exits with it, for Docker's
+    restart policy to start the container again. So tritonserver must be the wrapper's child, never
+    exec'ed as PID 1 (which SIGKILL from inside the container does not reach), with the wrapper
+    passing docker stop's SIGTERM on; and the policy must restart a container that exited."""
     triton = compose["services"]["triton"]
     assert _option(triton["command"], "model-control-mode") == ["explicit"], triton["command"]
     assert str(triton["environment"]["WATCHDOG_INTERVAL"]) == "1", triton["environment"]
+    assert triton["restart"] in {"always", "unless-stopped", "on-failure"}, triton.get("restart")
     cmd = json.loads(re.search(r"^CMD\s+(\[.*?\])\s*$", SERVER_DOCKERFILE.read_text().replace("\\\n", ""),
                                re.MULTILINE | re.DOTALL).group(1))  # fmt: skip
     assert _option(cmd, "model-control-mode") == ["explicit"] and _option(cmd, "load-model") == ["*"], cmd
     script = (DOCKER / "tritonserver-entrypoint.sh").read_text()
-    assert "python3 -m ddpm_triton.watchdog --server-pid \"$$\"" in script
-    assert script.index("ddpm_triton.watchdog") < script.index("exec tritonserver")
+    assert not re.search(r"^\s*exec\b", script, re.MULTILINE), "tritonserver must not replace the wrapper as PID 1"
+    started = re.search(r"^tritonserver \\$", script, re.MULTILINE)
+    assert started and re.search(r'"\$@" &\nserver=\$!$', script, re.MULTILINE), "tritonserver in the background"
+    assert "python3 -m ddpm_triton.watchdog --server-pid \"${server}\"" in script
+    assert started.start() < script.index("python3 -m ddpm_triton.watchdog"), "the watchdog needs its pid"
+    assert "trap 'shut_down TERM' TERM" in script and 'kill "-$1" "${server}"' in script
+    assert re.search(r'^exit "\$\{status\}"$', script, re.MULTILINE), "the wrapper exits with tritonserver's status"
 
 
 def test_compose_commands_name_the_wrappers_the_images_install(compose):

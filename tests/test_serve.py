@@ -1,5 +1,6 @@
 """`ddpm-triton serve` (what `make serve` runs): foreground, ready on the given ports, brings back a
-model whose stub process died (and says so), Ctrl-C stops it cleanly."""
+model whose stub process died (and says so), keeps running when the watchdog restarts tritonserver
+for `ddpm`, Ctrl-C stops it cleanly."""
 
 import os
 import re
@@ -51,6 +52,17 @@ def test_serve_answers_restarts_a_killed_stub_then_stops_on_ctrl_c(triton_home):
             assert time.monotonic() < deadline and process.poll() is None, "".join(lines[-20:])
             time.sleep(0.2)
         assert any(re.search(r"stub process of model 'unet_onnx_int8' died \(.*\); reloading", line) for line in lines)
+        # `ddpm` (on_stub_death: restart_server): tritonserver is restarted under the same serve process.
+        old = _tritonserver(process.pid)
+        (ddpm,) = [stub for stub in stubs(old) if stub.model == "ddpm"]
+        os.kill(ddpm.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while not any("tritonserver serves again: restarted" in line for line in lines):
+            assert time.monotonic() < deadline and process.poll() is None, "".join(lines[-20:])
+            time.sleep(0.2)
+        assert _tritonserver(process.pid) != old
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=5) as response:
+            assert response.status == 200
         # Ctrl-C after a restart: Triton alone would wait out its 30 s exit timeout for the dead version, then exit 1.
         started = time.monotonic()
         process.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
@@ -61,7 +73,8 @@ def test_serve_answers_restarts_a_killed_stub_then_stops_on_ctrl_c(triton_home):
         reader.join(5)
     assert any(f"ready: HTTP 127.0.0.1:{http}" in line for line in lines)
     assert any(line.startswith("watchdog: checks every 1 s") for line in lines)
-    assert not Path("/dev/shm", victim.region).exists(), "serve left the dead stub's shared memory behind"
+    for dead in (victim, ddpm):
+        assert not Path("/dev/shm", dead.region).exists(), f"serve left {dead.model}'s dead stub's shared memory behind"
 
 
 def _tritonserver(serve_pid: int) -> int:

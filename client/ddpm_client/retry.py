@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import aiohttp  # tritonclient.http.aio's transport: its connection errors are not OSErrors
+from geventhttpclient.response import HTTPConnectionClosed  # tritonclient.http's transport: not an OSError either
 from tritonclient.utils import InferenceServerException
 
 from . import contract
@@ -27,7 +28,7 @@ T = TypeVar("T")
 RETRYABLE_STATUSES = frozenset({"StatusCode.UNAVAILABLE", "503"})
 """InferenceServerException.status() of a server that is there but not serving (yet, or for now)."""
 
-TRANSPORT_ERRORS = (InferenceServerException, OSError, asyncio.TimeoutError, aiohttp.ClientError)
+TRANSPORT_ERRORS = (InferenceServerException, OSError, asyncio.TimeoutError, aiohttp.ClientError, HTTPConnectionClosed)
 """What a tritonclient call raises when the request fails; anything else is a bug and propagates."""
 
 _INPUT_NAME = re.compile(r"\b(" + "|".join(spec.name for spec in contract.INPUTS) + r")\b")
@@ -39,7 +40,8 @@ def is_retryable(error: BaseException) -> bool:
         return error.status() in RETRYABLE_STATUSES
     if isinstance(error, asyncio.TimeoutError):  # before the next test: aiohttp's timeouts are connection errors too
         return False
-    return isinstance(error, (ConnectionError, aiohttp.ClientConnectionError))
+    # HTTPConnectionClosed: the server dropped the connection before its answer (e.g. it was restarted)
+    return isinstance(error, (ConnectionError, aiohttp.ClientConnectionError, HTTPConnectionClosed))
 
 
 def as_generation_error(error: BaseException, batch: Batch | None = None, attempts: int = 1) -> GenerationError:

@@ -160,7 +160,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:
         server.wait_ready()
         watchdog = (
-            f"watchdog: checks every {args.watchdog_interval:g} s for a model whose stub process died and reloads it"
+            f"watchdog: checks every {args.watchdog_interval:g} s for a model whose stub process died and reloads "
+            "it, or restarts tritonserver where the model's config says on_stub_death: restart_server"
             if server.watchdog
             else "watchdog: off"
         )
@@ -169,7 +170,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             f"admin APIs need header {'admin-key'}: {server.admin_key}   (Ctrl-C stops)\n{watchdog}",
             flush=True,
         )
-        server.process.wait()
+        server.wait()  # across the watchdog's restarts of tritonserver
     except KeyboardInterrupt:
         pass
     finally:
@@ -374,7 +375,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", "8002")))
     p.add_argument("--watchdog-interval", type=float, default=float(os.environ.get("WATCHDOG_INTERVAL", "1")),
                    help="seconds between checks for a model whose Python stub process died, which is then "
-                   "reloaded (0: no watchdog; default 1)")  # fmt: skip
+                   "reloaded, or tritonserver restarted where its config says on_stub_death: restart_server "
+                   "(0: no watchdog; default 1)")  # fmt: skip
     p.add_argument("--home", type=Path, default=Path(".cache/tritonserver"))
     p.set_defaults(run=cmd_serve)
 

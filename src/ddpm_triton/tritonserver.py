@@ -8,7 +8,9 @@ this interpreter's bin/ in front: the models then import this environment's pack
 
 Triton 2.51 does not restart a Python-backend stub process that dies, so every server started here
 runs in explicit model-control mode (all models loaded by default) with a watchdog beside it that
-reloads such a model (watchdog.py).
+reloads such a model (watchdog.py), or, for a model whose config says `on_stub_death:
+restart_server` (`ddpm`: requests in flight on its dead stub are never answered otherwise), asks
+`TritonServer.restart` to end the process and start it again on the same ports.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .watchdog import LOG as WATCHDOG_LOG
-from .watchdog import Watchdog, stubs
+from .watchdog import ServerRestart, Watchdog, stubs
 
 SERVER_WHEEL = ("nvidia-pytriton", "0.7.0")  # Triton 2.51.0
 PERF_ANALYZER_WHEEL = ("tritonclient", "2.48.0")  # the newest perf_analyzer built for glibc <= 2.35
@@ -141,12 +144,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Relaunch:
+    """One restart of tritonserver that its watchdog asked for (TritonServer.restart)."""
+
+    cause: ServerRestart  # which model lost which stub
+    old_pid: int
+    new_pid: int | None  # None: no new process could be started
+    seconds: float  # from ending the old process until the new one was ready (or failed)
+    error: str | None  # None: ready again
+
+
 @dataclass
 class TritonServer:
     """One tritonserver process. Binds to 127.0.0.1 and restricts admin APIs to an admin key by default.
 
     In explicit model-control mode (the default) it loads `load_models` (`*`: every model) and a
-    watchdog reloads a model whose stub process died, every `watchdog_interval_s` (0: no watchdog).
+    watchdog checks every `watchdog_interval_s` (0: no watchdog) for a model whose stub process died:
+    it reloads that model, or restarts the whole process (`restart`) where the model's config asks.
+    `process` and `watchdog` are then the new ones; `server_restarts` lists the restarts.
     """
 
     repository: Path
@@ -164,6 +180,10 @@ class TritonServer:
     log_path: Path | None = None
     process: subprocess.Popen | None = None
     watchdog: Watchdog | None = None
+    server_restarts: list[Relaunch] = field(default_factory=list)
+    # Held while the process is replaced or stopped, so that stop() and wait() never see it half done.
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _stopped: bool = field(default=False, init=False, repr=False)  # by stop(): no restart after it
 
     @property
     def http_url(self) -> str:
@@ -204,6 +224,13 @@ class TritonServer:
     def start(self) -> TritonServer:
         if not self.files.installed():
             raise ServerError(f"no Triton server files in {self.files.home}: run `ddpm-triton install-server` first")
+        with self._lock:
+            self._stopped = False
+            self._launch()
+        return self
+
+    def _launch(self) -> None:
+        """Start the process and its watchdog (the lock held)."""
         log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen(
             self.command(), env=self.files.env(), stdout=log, stderr=subprocess.STDOUT if log else None
@@ -212,11 +239,73 @@ class TritonServer:
             if self.model_control == "explicit":
                 local = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
                 self.watchdog = Watchdog(
-                    f"{local}:{self.http_port}", self.admin_key, self.process.pid, self.watchdog_interval_s
+                    f"{local}:{self.http_port}", self.admin_key, self.process.pid, self.watchdog_interval_s,
+                    restart_server=self._restart_soon,
                 ).start()
             else:
                 WATCHDOG_LOG.warning("watchdog: off: it reloads models, which needs --model-control-mode=explicit")
-        return self
+
+    def _restart_soon(self, cause: ServerRestart) -> None:
+        """The watchdog's restart_server callback. It runs on the watchdog's thread, which restart()
+        stops and replaces, so the restart runs on a thread of its own."""
+        threading.Thread(target=self.restart, args=(cause,), name="triton-restart", daemon=True).start()
+
+    def restart(self, cause: ServerRestart, timeout_s: float = 600.0) -> Relaunch | None:
+        """End the process at once and start it again on the same ports; wait until it is ready.
+
+        SIGKILL, not Triton's graceful SIGINT: that would wait out its exit timeout for the requests
+        the dead stub holds, which never finish; ending the process closes their connections, so
+        their clients get an error. None if stop() came first.
+        """
+        started = time.monotonic()
+        with self._lock:
+            if self._stopped or self.process is None:
+                return None
+            old_pid = self.process.pid
+            self._kill(cause)
+            try:
+                self._launch()
+            except OSError as err:
+                return self._restarted(Relaunch(cause, old_pid, None, time.monotonic() - started, str(err)))
+        try:
+            self.wait_ready(timeout_s)
+            error = None
+        except ServerError as err:
+            error = str(err)
+        return self._restarted(Relaunch(cause, old_pid, self.process.pid, time.monotonic() - started, error))
+
+    def _kill(self, cause: ServerRestart) -> None:
+        """SIGKILL the process (the lock held), its watchdog stopped first, and remove its stubs'
+        shared memory: the server that would have removed it is gone."""
+        assert self.process is not None
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        self.process.kill()
+        self.process.wait()
+        cause.remove_regions()
+
+    def _restarted(self, relaunch: Relaunch) -> Relaunch:
+        self.server_restarts.append(relaunch)
+        if relaunch.error is None:
+            WATCHDOG_LOG.warning(
+                "watchdog: tritonserver serves again: restarted in %.1f s (pid %d -> %d, restart %d)",
+                relaunch.seconds, relaunch.old_pid, relaunch.new_pid, len(self.server_restarts),
+            )  # fmt: skip
+        elif not self._stopped:
+            WATCHDOG_LOG.error(
+                "watchdog: restarting tritonserver failed after %.1f s: %s", relaunch.seconds, relaunch.error
+            )
+        return relaunch
+
+    def wait(self) -> int:
+        """Block until tritonserver exits other than for a restart; its exit code."""
+        while True:
+            process = self.process
+            assert process is not None, "not started"
+            code = process.wait()
+            with self._lock:  # a restart in progress holds it until the new process runs
+                if self.process is process:
+                    return code
 
     def ready(self) -> bool:
         try:
@@ -245,14 +334,17 @@ class TritonServer:
         for the dead version, which never unloads, and exit 1. So once no live stub is left (every
         other model is unloaded: the pip server has only Python-backend models) it is killed here
         and 0 returned; the dead stubs' shared-memory regions are removed once it has exited.
+        During a restart it waits until the new process runs and stops that; no restart follows it.
         """
-        watchdog = self.watchdog  # kept afterwards: its restarts stay readable
-        if watchdog is not None:
-            watchdog.stop()
-        code = None if self.process is None else self._stop_process(timeout_s, watchdog)
-        if watchdog is not None:
-            for region in watchdog.leaked_regions():
-                Path("/dev/shm", region).unlink(missing_ok=True)
+        with self._lock:  # after a restart that is under way has started the new process
+            self._stopped = True
+            watchdog = self.watchdog  # kept afterwards: its restarts stay readable
+            if watchdog is not None:
+                watchdog.stop()
+            code = None if self.process is None else self._stop_process(timeout_s, watchdog)
+            if watchdog is not None:
+                for region in watchdog.leaked_regions():
+                    Path("/dev/shm", region).unlink(missing_ok=True)
         return code
 
     def _stop_process(self, timeout_s: float, watchdog: Watchdog | None) -> int:

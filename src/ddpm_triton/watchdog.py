@@ -28,7 +28,11 @@ killed (SIGKILL), found by running it:
   mode alike (a 5 s request to such a test model, its stub killed after 1.5 s, ended only at the
   client's 20 s deadline: DEADLINE_EXCEEDED). New requests fail after a second as above, and a
   reload brings the model back, but nothing fails the stranded ones. Only models whose execute
-  holds its requests until it returns get the error above.
+  holds its requests until it returns get the error above. What does end them is ending
+  tritonserver: SIGKILL closes their connections at once (gRPC: UNAVAILABLE "Stream removed
+  (Socket closed)"; tritonclient.http: HTTPConnectionClosed), and a new process binds the same
+  ports (7 to 14 s on 2 CPU cores until `ddpm` and its U-Net are ready again). A graceful stop
+  (SIGINT, SIGTERM) would not: it waits out `--exit-timeout-secs` for the stranded requests.
 
 So the watchdog looks where the death is visible, the process table: every `interval_s` it lists
 tritonserver's live stub children (argv: stub, <repository>/<model>/<version>/model.py, shm
@@ -38,10 +42,25 @@ running; while a model is reloaded old and new ones overlap). A model that runs 
 through the restricted model-repository API with the admin key, with a config override that adds
 the parameter `watchdog_restart` (a nonce), which makes the load real. Each restart is
 logged (logger `ddpm_triton.watchdog`) and kept in `Watchdog.restarts`; a model that keeps dying
-is reloaded with exponential backoff. `TritonServer` (tritonserver.py) runs one beside every
-server it starts; the NVIDIA container runs `python3 -m ddpm_triton.watchdog` next to tritonserver
-(docker/tritonserver-entrypoint.sh). It needs explicit model control (load API), the admin key, and
-the server's process table (same host, same PID namespace).
+is reloaded with exponential backoff.
+
+How a model is mended is its config's parameter `on_stub_death`: `reload_model` (the default when
+absent: the above) or `restart_server`, which export/configs.py sets for `ddpm` on every target
+(it answers from its scheduler's thread, so a reload would strand its in-flight requests). For
+such a model the watchdog logs why and calls its `restart_server` callback instead of reloading
+(a restart brings every model back, so nothing else is reloaded then), keeps the event in
+`Watchdog.server_restarts`, and stops: the server it watches goes away. Without a callback it
+reloads the model and logs an error that the requests in flight on the dead stub stay unanswered
+until their clients' deadlines. A server restart has no backoff of the watchdog's own.
+
+`TritonServer` (tritonserver.py) runs one watchdog beside every server it starts; its callback
+kills the process and starts a new one (with a new watchdog) on the same ports. The NVIDIA
+container runs `python3 -m ddpm_triton.watchdog` next to tritonserver
+(docker/tritonserver-entrypoint.sh); its callback, `end_server`, SIGKILLs tritonserver and removes
+its stubs' shared memory, the wrapper exits with tritonserver, and Docker's restart policy starts
+the container again (that last step not run here: no Docker engine). It needs explicit model
+control (load API), the admin key, and the server's process table (same host, same PID namespace,
+and tritonserver not PID 1 of it: SIGKILL from inside a namespace does not reach its PID 1).
 """
 
 from __future__ import annotations
@@ -50,19 +69,26 @@ import argparse
 import json
 import logging
 import os
+import re
+import signal
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 LOG = logging.getLogger("ddpm_triton.watchdog")
 STUB = b"triton_python_backend_stub"
+REGION_PREFIX = "triton_python_backend_shm_region_"  # the Python backend's default shm-region-prefix-name
 ADMIN_HEADER = "admin-key"  # as tritonserver.py restricts the APIs
 NONCE = "watchdog_restart"  # the config parameter whose new value makes a reload real
+POLICY = "on_stub_death"  # the config parameter that says how a model is mended
+RELOAD_MODEL = "reload_model"  # the default: load the model again (a new stub)
+RESTART_SERVER = "restart_server"  # end tritonserver and start it again: for models whose requests a dead stub strands
+POLICIES = (RELOAD_MODEL, RESTART_SERVER)
 
 
 @dataclass(frozen=True)
@@ -110,6 +136,16 @@ def stubs(server_pid: int) -> list[Stub]:
     return found
 
 
+def mapped_regions(server_pid: int) -> set[str]:
+    """The stubs' shared-memory regions (default name prefix) that tritonserver has mapped: every
+    instance's it has not unloaded, a dead stub's included, even one the watchdog never saw alive."""
+    try:
+        maps = Path(f"/proc/{server_pid}/maps").read_text()
+    except OSError:
+        return set()
+    return set(re.findall(rf"^.* /dev/shm/({REGION_PREFIX}[\w-]+)$", maps, re.MULTILINE))
+
+
 def expected_stubs(config: dict[str, Any]) -> int:
     """How many stub processes a model's config (as Triton returns it) asks for: one per instance."""
     if config.get("backend") != "python":
@@ -122,6 +158,15 @@ def expected_stubs(config: dict[str, Any]) -> int:
     return total
 
 
+def stub_death_policy(config: dict[str, Any]) -> str:
+    """What a model's config (as Triton returns it) asks for when one of its stubs dies: its
+    parameter `on_stub_death`, `reload_model` when absent."""
+    value = ((config.get("parameters") or {}).get(POLICY) or {}).get("string_value", RELOAD_MODEL)
+    if value not in POLICIES:
+        raise ValueError(f"parameter {POLICY} must be one of {', '.join(POLICIES)}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Restart:
     """One reload the watchdog made."""
@@ -132,12 +177,33 @@ class Restart:
     error: str | None  # None: the model serves again
 
 
+@dataclass(frozen=True)
+class ServerRestart:
+    """One restart of tritonserver the watchdog asked its `restart_server` callback for."""
+
+    model: str  # the model whose stub died; its config says on_stub_death: restart_server
+    dead: tuple[Stub, ...]  # the stubs seen dying
+    server_pid: int  # the tritonserver to end
+    regions: frozenset[str]  # its stubs' shared memory, live and dead: to remove once it has gone
+
+    def remove_regions(self) -> None:
+        """Unlink `regions` from /dev/shm: tritonserver removes a region only when it unloads the
+        instance, which a killed server never does."""
+        for region in self.regions:
+            Path("/dev/shm", region).unlink(missing_ok=True)
+
+
 class WatchdogError(RuntimeError):
     """The server answered the watchdog with an error."""
 
 
 class Watchdog:
-    """Polls one tritonserver and reloads each READY model that has lost a stub process."""
+    """Polls one tritonserver and mends each READY model that has lost a stub process: reloads it,
+    or, where its config says `on_stub_death: restart_server`, calls `restart_server`.
+
+    `restart_server` is called on the watchdog's own thread; the watchdog stops once it returns
+    (the server it watches is going away; the new one needs a watchdog of its own).
+    """
 
     def __init__(
         self,
@@ -150,6 +216,7 @@ class Watchdog:
         backoff_window_s: float = 600.0,
         load_timeout_s: float = 600.0,
         log: logging.Logger = LOG,
+        restart_server: Callable[[ServerRestart], None] | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
@@ -160,7 +227,9 @@ class Watchdog:
         self.backoff_s, self.max_backoff_s, self.backoff_window_s = backoff_s, max_backoff_s, backoff_window_s
         self.load_timeout_s = load_timeout_s
         self.log = log
+        self.restart_server = restart_server
         self.restarts: list[Restart] = []
+        self.server_restarts: list[ServerRestart] = []
         self._seen: dict[int, Stub] = {}  # live stubs at the last check
         self._died: dict[str, list[Stub]] = {}  # per model: stubs gone since it last had all of them
         self._configs: dict[str, tuple[frozenset[int], dict[str, Any]]] = {}  # per model, per stub pid set
@@ -201,7 +270,7 @@ class Watchdog:
     # ---- one check -----------------------------------------------------------------------------
 
     def check(self) -> list[Restart]:
-        """Look once; reload each READY model that runs fewer stubs than it has instances."""
+        """Look once; mend each READY model that runs fewer stubs than it has instances. The reloads made."""
         states = self._states()
         if states is None:  # not up yet, or going down
             return []
@@ -230,11 +299,60 @@ class Watchdog:
         if not lost:
             return []
         states = self._states() or {}  # an unload may have begun while the processes were listed
+        lost = {model: config for model, config in lost.items() if states.get(model) == "READY"}
+        return self._mend(lost, {model: len(running) for model, running in by_model.items()})
+
+    def _mend(self, lost: dict[str, dict[str, Any]], running: dict[str, int]) -> list[Restart]:
+        """Restart the server if a lost model's policy asks for it and there is a callback (that
+        brings every model back); otherwise reload each lost model whose backoff allows it."""
+        stranding = [model for model, config in lost.items() if self._policy(model, config) == RESTART_SERVER]
+        if stranding and self.restart_server is not None:
+            model = stranding[0]
+            self._restart_server(self.restart_server, model, lost[model], running.get(model, 0))
+            return []
         made = []
         for model, config in lost.items():
-            if states.get(model) == "READY" and self._due(model):
-                made.append(self._restart(model, config, len(by_model.get(model, []))))
+            if self._due(model):
+                if model in stranding:
+                    self.log.error(
+                        "watchdog: model %r asks for a server restart when a stub dies (%s: %s), but no one "
+                        "can restart this tritonserver; reloading it instead: requests that were in flight on "
+                        "the dead stub stay unanswered until their clients' deadlines", model, POLICY, RESTART_SERVER,
+                    )  # fmt: skip
+                made.append(self._restart(model, config, running.get(model, 0)))
         return made
+
+    def _policy(self, model: str, config: dict[str, Any]) -> str:
+        """stub_death_policy; a value it does not know is logged and taken as reload_model."""
+        try:
+            return stub_death_policy(config)
+        except ValueError as err:
+            self.log.error("watchdog: model %r: %s; reloading it", model, err)
+            return RELOAD_MODEL
+
+    def _describe(self, model: str, running: int, expected: int) -> tuple[tuple[Stub, ...], str]:
+        """The stubs of `model` seen dying, and words for the log."""
+        dead = tuple(self._died.get(model, []))
+        what = ", ".join(f"instance {s.instance or '?'} pid {s.pid}" for s in dead)
+        return dead, what or f"{running} of {expected} running"  # died before the watchdog first saw it
+
+    def _restart_server(self, callback: Callable[[ServerRestart], None], model: str, config: dict[str, Any],
+                        running: int) -> None:  # fmt: skip
+        dead, what = self._describe(model, running, expected_stubs(config))
+        self.log.warning(
+            "watchdog: stub process of model %r died (%s); restarting tritonserver (pid %d), as its config "
+            "asks (%s: %s): a reload would not do, because Triton 2.51 never answers the requests that were "
+            "in flight on a dead stub of a model that answers them from a thread of its own; ending the "
+            "server closes their connections, so their clients get an error now instead of at their deadlines",
+            model, what, self.server_pid, POLICY, RESTART_SERVER,
+        )  # fmt: skip
+        # mapped_regions finds them all under the default name prefix; the stubs' argv, under another.
+        regions = frozenset({s.region for s in stubs(self.server_pid)} | self.leaked_regions()
+                            | mapped_regions(self.server_pid))  # fmt: skip
+        event = ServerRestart(model, dead, self.server_pid, regions)
+        callback(event)
+        self.server_restarts.append(event)
+        self._stop.set()  # the server goes away; whoever restarts it starts a new watchdog
 
     def _due(self, model: str) -> bool:
         """No backoff for a first restart; then 5 s, 10 s, ... up to max_backoff_s within the window."""
@@ -254,10 +372,8 @@ class Watchdog:
         return False
 
     def _restart(self, model: str, config: dict[str, Any], running: int) -> Restart:
-        dead = tuple(self._died.get(model, []))
         expected = expected_stubs(config)
-        what = ", ".join(f"instance {s.instance or '?'} pid {s.pid}" for s in dead)
-        what = what or f"{running} of {expected} running"  # died before the watchdog first saw it
+        dead, what = self._describe(model, running, expected)
         self.log.warning("watchdog: stub process of model %r died (%s); reloading %r", model, what, model)
         config = dict(config)
         config["parameters"] = dict(config.get("parameters") or {})
@@ -338,10 +454,33 @@ class Watchdog:
         return json.loads(body) if body else None
 
 
+def end_server(event: ServerRestart, wait_s: float = 10.0) -> None:
+    """The command line's `restart_server`: SIGKILL tritonserver, for whoever started it to start it
+    again (in the container: docker/tritonserver-entrypoint.sh exits with it, and Docker's restart
+    policy starts the container again). SIGKILL, because a graceful stop (SIGINT, SIGTERM) waits
+    out --exit-timeout-secs for the stranded requests, which never finish. Raises if it lives on
+    (the watchdog then keeps watching and tries again)."""
+    try:
+        os.kill(event.server_pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + wait_s
+    while alive(event.server_pid):
+        if time.monotonic() > deadline:  # e.g. PID 1 of a PID namespace, which ignores SIGKILL from inside it
+            raise RuntimeError(f"tritonserver pid {event.server_pid} still runs {wait_s:.0f} s after SIGKILL")
+        time.sleep(0.1)
+    event.remove_regions()
+    LOG.warning("watchdog: ended tritonserver pid %d; whoever started it starts it again", event.server_pid)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """`python -m ddpm_triton.watchdog --server-pid PID`: watch a tritonserver started elsewhere."""
+    """`python -m ddpm_triton.watchdog --server-pid PID`: watch a tritonserver started elsewhere.
+
+    A model whose config says `on_stub_death: restart_server` gets its server ended (end_server)."""
     parser = argparse.ArgumentParser(prog="python -m ddpm_triton.watchdog", description=main.__doc__)
-    parser.add_argument("--server-pid", type=int, required=True, help="tritonserver's pid (stubs are its children)")
+    parser.add_argument("--server-pid", type=int, required=True,
+                        help="tritonserver's pid (stubs are its children); not PID 1 of a PID namespace: "
+                             "SIGKILL does not reach that from inside")  # fmt: skip
     parser.add_argument("--url", default="127.0.0.1:8000", help="its HTTP endpoint")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between checks")
     parser.add_argument("--load-timeout", type=float, default=600.0, help="seconds one reload may take")
@@ -351,7 +490,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("TRITON_ADMIN_KEY must hold the server's admin key (reloads use the model-repository API)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     LOG.info("watchdog: watching tritonserver pid %d at %s every %.1f s", args.server_pid, args.url, args.interval)
-    Watchdog(args.url, key, args.server_pid, args.interval, load_timeout_s=args.load_timeout).run()
+    Watchdog(args.url, key, args.server_pid, args.interval, load_timeout_s=args.load_timeout,
+             restart_server=end_server).run()  # fmt: skip
     LOG.info("watchdog: tritonserver pid %d is gone; stopping", args.server_pid)
 
 
