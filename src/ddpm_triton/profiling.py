@@ -66,7 +66,8 @@ def summarize_profile(raw: Path, top: int = 25) -> str:
             continue
         thread, *frames = stack.split(";")
         totals[thread] += int(count)
-        for frame in set(re.sub(r" \(\S*/([^/]+:\d+)\)", r" (\1)", f) for f in frames):
+        # Each frame once per sample, outermost first: ties in the ranking stay in stack order.
+        for frame in dict.fromkeys(re.sub(r" \(\S*/([^/]+:\d+)\)", r" (\1)", f) for f in frames):
             inclusive[thread][frame] += int(count)
     lines = []
     for thread, total in totals.most_common(4):
