@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ddpm_triton.profiling import profile
+from ddpm_triton.provenance import device_slug
 
 
 def main() -> None:
@@ -39,8 +40,7 @@ def main() -> None:
         cases, args.device == "gpu", args.preset, args.steps, args.precision, args.stability, args.py_spy, args.home,
         args.out, shlex.join(["python", "benchmarks/profile_serving.py", *sys.argv[1:]]),
     )  # fmt: skip
-    device = record["device"].split(",")[0].removeprefix("GPU: ").removeprefix("CPU: ").replace(" ", "-").lower()
-    path = args.out / f"profile-{record['date'][:10]}-{device}.json"
+    path = args.out / f"profile-{record['date'][:10]}-{device_slug(record['device'])}.json"
     path.write_text(json.dumps(record, indent=2))
     print(f"wrote {path}")
 

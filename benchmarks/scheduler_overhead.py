@@ -32,12 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_triton.bench import random_checkpoint
-from ddpm_triton.checkpoint import load_weights
+from ddpm_triton.bench import engine, random_checkpoint
 from ddpm_triton.config import DiffusionConfig
 from ddpm_triton.diffusion import Diffusion
-from ddpm_triton.provenance import describe_device, git_commit
-from ddpm_triton.runners import load_runner
+from ddpm_triton.provenance import describe_device, device_slug, git_commit
 from ddpm_triton.scheduler import ImageOptions, Job, StepScheduler
 from ddpm_triton.stepper import Stepper
 
@@ -51,17 +49,9 @@ def zeros_stepper(jobs: int) -> Stepper:
 
 
 def unet_stepper(preset: str, device: str, jobs: int, compile: bool) -> Stepper:
-    """The preset's U-Net with random weights, as the GPU server runs it (fp16, CUDA graphs)."""
+    """The preset's U-Net with random weights, as the server runs it (on a GPU: fp16, CUDA graphs)."""
     checkpoint = random_checkpoint(preset, Path(tempfile.mkdtemp()) / "model.safetensors")
-    _, config = load_weights(checkpoint)
-    target, gpu = torch.device(device), device.startswith("cuda")
-    runner = load_runner(checkpoint, device, precision="fp16" if gpu else "fp32", compile=compile)
-    u = config.unet
-    stepper = Stepper(
-        runner, Diffusion(config.diffusion, target), (u.in_channels, u.image_size, u.image_size), capacity=4 * jobs,
-        max_steps=config.diffusion.timesteps, null_label=u.num_classes if u.conditional else None, device=target,
-        cuda_graphs=gpu, max_batch=jobs,
-    )  # fmt: skip
+    stepper = engine(checkpoint, device.startswith("cuda"), "fp16", compile, capacity=4 * jobs, max_batch=jobs)
     stepper.warm_up(guided=False, stochastic=False)
     return stepper
 
@@ -158,7 +148,7 @@ def main() -> None:
         "unet": args.unet, "compile": args.compile, "jobs": args.jobs, "steps": args.steps, "rows": rows,
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    device = "cpu" if args.device == "cpu" else record["device"].split(",")[0].removeprefix("GPU: ").replace(" ", "-").lower()
+    device = "cpu" if args.device == "cpu" else device_slug(record["device"])
     path = args.out / f"scheduler-overhead-{record['date'][:10]}-{device}.json"
     path.write_text(json.dumps(record, indent=2))
     print(f"wrote {path}")

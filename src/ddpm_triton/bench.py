@@ -26,7 +26,7 @@ from .checkpoint import load_weights, save_weights
 from .config import preset
 from .diffusion import Diffusion
 from .perf import PerfRow, run_perf_analyzer, write_input_data
-from .provenance import describe_device, git_commit
+from .provenance import describe_device, device_slug, git_commit
 from .runners import load_runner
 from .scheduler import ImageOptions, Job, StepScheduler
 from .soak import read_counters, server_rss
@@ -104,18 +104,25 @@ def gpu_memory_used_mb() -> float | None:
 # ---- the project's engine, in-process ---------------------------------------------------------------
 
 
+def engine(checkpoint: Path, gpu: bool, precision: str, compile: bool, capacity: int, max_batch: int) -> Stepper:
+    """The server's denoising engine for `checkpoint`, in this process: on a GPU its fast path
+    (`precision`, CUDA graphs, `compile`), on a CPU fp32 eager."""
+    _, config = load_weights(checkpoint)
+    device = torch.device("cuda" if gpu else "cpu")
+    runner = load_runner(checkpoint, str(device), precision=precision if gpu else "fp32", compile=compile and gpu)
+    u = config.unet
+    return Stepper(
+        runner, Diffusion(config.diffusion, device), (u.in_channels, u.image_size, u.image_size), capacity,
+        config.diffusion.timesteps, u.num_classes if u.conditional else None, device, cuda_graphs=gpu,
+        max_batch=max_batch,
+    )  # fmt: skip
+
+
 def in_process_rows(checkpoint: Path, plan: Plan, command: str) -> list[Row]:
     """The server's denoising engine (runner, Stepper, StepScheduler) driven directly: serving's floor."""
-    _, config = load_weights(checkpoint)
-    device = torch.device("cuda" if plan.gpu else "cpu")
+    capacity = max([*plan.batches, plan.long_batch])
+    stepper = engine(checkpoint, plan.gpu, plan.precision, plan.compile, capacity, capacity)
     precision = plan.precision if plan.gpu else "fp32"
-    runner = load_runner(checkpoint, str(device), precision=precision, compile=plan.compile and plan.gpu)
-    u, capacity = config.unet, max([*plan.batches, plan.long_batch])
-    stepper = Stepper(
-        runner, Diffusion(config.diffusion, device), (u.in_channels, u.image_size, u.image_size), capacity,
-        config.diffusion.timesteps, u.num_classes if u.conditional else None, device, cuda_graphs=plan.gpu,
-        max_batch=capacity,
-    )  # fmt: skip
     scheduler = StepScheduler(stepper)
     rows = []
     for batch, steps, sampler in [*((b, plan.short_steps, "ddim") for b in plan.batches), (plan.long_batch, plan.long_steps, "ddpm")]:
@@ -126,7 +133,7 @@ def in_process_rows(checkpoint: Path, plan: Plan, command: str) -> list[Row]:
         times = [_timed(lambda: _sample(scheduler, options)) for _ in range(plan.repeats if steps == plan.short_steps else 1)]
         peak = torch.cuda.max_memory_reserved() / 2**20 if plan.gpu else None
         rows.append(_row("project", False, precision, "pytorch", batch, 1, steps, sampler, times, peak, command))
-    del scheduler, stepper, runner
+    del scheduler, stepper  # the runner (and its GPU memory) goes with the stepper
     _free_gpu()
     return rows
 
@@ -247,7 +254,7 @@ def write_results(
     (a run split into parts on one machine, each part a separate command)."""
     now = datetime.now(timezone.utc)
     device = describe_device("cuda" if torch.cuda.is_available() else "cpu")
-    stem = f"{now:%Y-%m-%d}-{device.split(',')[0].removeprefix('GPU: ').removeprefix('CPU: ').replace(' ', '-').lower()}"
+    stem = f"{now:%Y-%m-%d}-{device_slug(device)}"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{stem}.json"
     commands = [command]

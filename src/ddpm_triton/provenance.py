@@ -26,6 +26,11 @@ def describe_device(device: str = "cpu") -> str:
     return f"CPU: {cpu}, {os.cpu_count()} cores visible; load average at start {os.getloadavg()[0]:.1f}"
 
 
+def device_slug(description: str) -> str:
+    """A describe_device() text as a file-name part: 'GPU: NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
+    return description.split(",")[0].removeprefix("GPU: ").removeprefix("CPU: ").replace(" ", "-").lower()
+
+
 def git_commit() -> str:
     """HEAD of the checkout this package runs from, marked when tracked files differ from it."""
     try:

@@ -13,6 +13,7 @@ bucket with a scratch slot whose results are never read.
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,6 +56,14 @@ def buckets(max_size: int) -> list[int]:
     """
     sizes = [1 << i for i in range(1, max_size.bit_length()) if 1 << i < max_size]
     return [*sizes, max(max_size, 2)]
+
+
+@functools.lru_cache(maxsize=None)
+def _schedule(num_train_steps: int, steps: int) -> np.ndarray:
+    """`timesteps` of one step count, computed once per process: requests ask for few distinct counts."""
+    schedule = np.array(timesteps(num_train_steps, steps), np.int64)
+    schedule.setflags(write=False)
+    return schedule
 
 
 @dataclass(frozen=True)
@@ -129,9 +138,8 @@ class Stepper:
         single-image clients (benchmarks/scheduler_overhead.py). Reads nothing that a step changes.
         """
         n = len(seeds)
-        per_count = {int(s): timesteps(self.diffusion.timesteps, int(s)) for s in np.unique(steps)}
         table = np.full((n, self.schedule.shape[1]), -1, np.int64)
-        schedules = [per_count[count] for count in steps.tolist()]
+        schedules = [_schedule(self.diffusion.timesteps, count) for count in steps.tolist()]
         for row, schedule in zip(table, schedules):
             row[: len(schedule)] = schedule
         # Absent options reset the slot (null label, no guidance): a reused slot keeps nothing.
