@@ -8,7 +8,10 @@ PY          := $(VENV)/bin/python
 TRITON_HOME ?= .cache/tritonserver
 REPOSITORY  ?= model_repository
 CHECKPOINT  ?= models/mnist/ema.safetensors
-DATA_DIR    ?= ../shared/data/mnist
+# The MNIST test set lives in ../shared beside the checkout, never in the repository. A clone made
+# elsewhere (CI's temporary directory) finds it beside the repository it was cloned from.
+ORIGIN      := $(shell git config --get remote.origin.url 2>/dev/null)
+DATA_DIR    ?= $(firstword $(wildcard ../shared/data/mnist $(ORIGIN)/../shared/data/mnist) ../shared/data/mnist)
 HTTP_PORT   ?= 8000
 GRPC_PORT   ?= 8001
 METRICS_PORT?= 8002
@@ -73,7 +76,7 @@ demo: $(STAMP_VENV) $(STAMP_SERVER) $(STAMP_REPOSITORY)
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 test: $(STAMP_VENV) $(STAMP_SERVER) $(STAMP_REPOSITORY) docker-compose
-	$(PY) -m pytest $(PYTEST_ARGS)
+	DDPM_TRITON_DATA_DIR=$(abspath $(DATA_DIR)) $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache $(STAMP_REPOSITORY) $(REPOSITORY)/*/1/model.{onnx,pt,plan}

@@ -36,6 +36,8 @@ around them would add rounding at every residual add for no speed on TensorRT, w
 
 def _real_images(data_dir: Path, config: UNetConfig) -> np.ndarray:
     """Every image of the dataset in `data_dir`, float32 [N, C, H, W] in [-1, 1]."""
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"no calibration images: --data-dir {data_dir} does not exist")
     problems = []
     for kind in DATASET_KINDS:
         try:

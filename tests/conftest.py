@@ -12,14 +12,18 @@ from ddpm_triton.config import preset
 from ddpm_triton.unet import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
-MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+# `make test` passes the directory it resolved (DATA_DIR); run directly, pytest looks beside the checkout.
+MNIST_DIR = Path(os.environ.get("DDPM_TRITON_DATA_DIR") or ROOT.parent / "shared" / "data" / "mnist")
 SHIPPED_CHECKPOINT = ROOT / "models" / "mnist" / "ema.safetensors"
 
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     if not MNIST_DIR.is_dir():
-        pytest.fail(f"the MNIST test set is expected at {MNIST_DIR} (../shared/data/mnist beside the checkout)")
+        pytest.fail(
+            f"the MNIST test set is expected at {MNIST_DIR} (../shared/data/mnist beside the checkout, or "
+            "DDPM_TRITON_DATA_DIR)"
+        )
     return MNIST_DIR
 
 

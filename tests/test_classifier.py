@@ -13,17 +13,14 @@ from ddpm_triton.config import preset
 from ddpm_triton.data import load_idx
 
 ROOT = Path(__file__).resolve().parents[1]
-MNIST = ROOT.parent / "shared" / "data" / "mnist"
 CLASSIFIER = ROOT / "models" / "mnist-classifier" / "classifier.safetensors"
 DDPM = ROOT / "models" / "mnist" / "ema.safetensors"
 
 
 @pytest.fixture(scope="module")
-def held_out() -> tuple[np.ndarray, np.ndarray]:
+def held_out(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """The last 1,000 MNIST test images: the classifier's validation split, never trained on."""
-    if not MNIST.is_dir():
-        pytest.skip(f"no MNIST idx files at {MNIST}")
-    data = load_idx(MNIST)
+    data = load_idx(mnist_dir)
     assert data.labels is not None
     return data.images[-VAL_SIZE:], data.labels[-VAL_SIZE:]
 
