@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--cases", default="64x1,1x64", help="images per request x concurrency, comma-separated")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--precision", default="fp16", help="GPU compute precision")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="torch.compile the U-Net (GPU)")
     parser.add_argument("--stability", type=float, default=50.0, help="perf_analyzer --stability-percentage")
     parser.add_argument("--py-spy", type=int, default=0, metavar="SECONDS", help="profile ddpm's stub this long")
     parser.add_argument("--home", type=Path, default=Path(".cache/tritonserver"))
@@ -38,7 +39,7 @@ def main() -> None:
     cases = [(int(b), int(c)) for b, c in (case.split("x") for case in args.cases.split(","))]
     record = profile(
         cases, args.device == "gpu", args.preset, args.steps, args.precision, args.stability, args.py_spy, args.home,
-        args.out, shlex.join(["python", "benchmarks/profile_serving.py", *sys.argv[1:]]),
+        args.out, shlex.join(["python", "benchmarks/profile_serving.py", *sys.argv[1:]]), args.compile,
     )  # fmt: skip
     path = args.out / f"profile-{record['date'][:10]}-{device_slug(record['device'])}.json"
     path.write_text(json.dumps(record, indent=2))

@@ -84,13 +84,16 @@ def _py_spy(pid: int, seconds: int, out: Path) -> subprocess.Popen[str]:
 
 def profile(
     cases: list[tuple[int, int]], gpu: bool, preset: str, steps: int, precision: str, stability_percent: float,
-    py_spy_s: int, home: Path, out: Path, command: str,
+    py_spy_s: int, home: Path, out: Path, command: str, compile: bool = True,
 ) -> dict[str, Any]:
-    """Serve a random `preset` U-Net as the bench does and measure each (images per request, clients) case."""
+    """Serve a random `preset` U-Net as the bench does and measure each (images per request, clients) case.
+
+    `compile=False` serves the U-Net eager (a GPU step about twice as long): minutes less to load,
+    and a check of whether host work that hides behind a long step shows behind a short one."""
     largest = max(b * c for b, c in cases)
     plan = Plan(
         preset=preset, gpu=gpu, batches=[], concurrency=[], short_steps=steps, long_steps=steps,
-        long_batch=largest, repeats=1, peers=[], peer_batch=1, precision=precision, compile=gpu,
+        long_batch=largest, repeats=1, peers=[], peer_batch=1, precision=precision, compile=gpu and compile,
         stability_percent=stability_percent,
     )  # fmt: skip
     if py_spy_s and shutil.which("py-spy") is None:
@@ -128,5 +131,5 @@ def profile(
     return {
         "device": describe_device("cuda" if gpu else "cpu"), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "commit": git_commit(), "command": command, "model": f"{preset} U-Net (random weights)",
-        "steps": steps, "server_load_s": round(load_s), "rows": rows,
+        "steps": steps, "compile": plan.compile, "server_load_s": round(load_s), "rows": rows,
     }  # fmt: skip

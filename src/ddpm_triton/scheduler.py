@@ -51,7 +51,8 @@ class ImageOptions:
 class Job:
     images: ImageOptions
     done: Callable[[np.ndarray], None]
-    """Called from the worker thread with uint8 images [n, H, W, C], in request order."""
+    """Called from the worker thread with uint8 images [n, H, W, C], in request order. It must return
+    quickly (hand slow work, such as sending the response, to another thread): the next step waits."""
     failed: Callable[[str], None]
     """Called with a message when the request cannot finish: from the worker thread, or from `submit`
     when its images could not even be prepared."""

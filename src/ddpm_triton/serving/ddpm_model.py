@@ -2,10 +2,11 @@
 
 `execute` never waits for sampling. Each request gets its response sender; valid requests are
 submitted to a `StepScheduler` whose worker thread batches the denoising steps of every request in
-flight and answers each one through its sender when its last image is done (a non-decoupled model
-may do this: one response per request, flagged final, and `execute` returns None). Triton can
-therefore hand `execute` the next requests while earlier ones are mid-loop, and they join the
-very next U-Net call.
+flight; when a request's last image is done its response is sent through its sender from the
+outbox thread (`outbox.Outbox`: sending waits for the server process, the stepping thread must
+not). A non-decoupled model may answer this way: one response per request, flagged final, and
+`execute` returns None. Triton can therefore hand `execute` the next requests while earlier ones
+are mid-loop, and they join the very next U-Net call.
 
 Where the U-Net runs (model config parameters):
 - `unet_execution: in_process` loads `unet_artifact` (a path in the repository) into this process:
@@ -24,7 +25,8 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -38,9 +40,11 @@ from ..runners import load_runner
 from ..scheduler import Busy, Job, StepScheduler
 from ..stepper import Stepper, UNetFn
 from .instance import instance_device, parameters
+from .outbox import Outbox
 from .requests import Defaults, InvalidInput, ModelFacts, parse
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+T = TypeVar("T")
 
 
 class TritonPythonModel:
@@ -48,6 +52,13 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         p = parameters(config)
         self.device = instance_device(args)
+        if self.device.type == "cuda":
+            # The stub's host-side torch work is per request and tiny (x_T of a few images). With
+            # intra-op threads, each transcendental op on more than 2048 elements forks an OpenMP
+            # team; on a host busy with Triton's and the clients' threads a late team member holds
+            # up the join, and `execute` spent two thirds of its time on one Box-Muller line at 64
+            # clients while requests waited in Triton's queue (benchmarks/README.md).
+            torch.set_num_threads(1)
         self.facts = ModelFacts(int(p["timesteps"]), int(p["num_classes"]), int(config["max_batch_size"]))
         self.defaults = Defaults(
             int(p["default_steps"]), p["default_sampler"], float(p["default_eta"]), float(p["default_guidance_scale"])
@@ -71,6 +82,7 @@ class TritonPythonModel:
             stochastic=self.defaults.sampler == "ddpm" or self.defaults.eta > 0,
         )
         self.scheduler = StepScheduler(stepper)
+        self.outbox = Outbox("ddpm-responses")
         self.metrics = _Metrics(self.scheduler, {"model": args["model_name"], "version": args["model_version"]})
         self.scheduler.start()
         pb_utils.Logger.log_info(
@@ -82,9 +94,7 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             try:
                 options = parse(self._arrays(request), self.facts, self.defaults)
-                self.scheduler.submit(
-                    Job(options, done=functools.partial(self._reply, sender), failed=functools.partial(self._fail, sender))
-                )
+                self.scheduler.submit(Job(options, done=self._posted(self._reply, sender), failed=self._posted(self._fail, sender)))
             except InvalidInput as err:
                 _send_error(sender, str(err), pb_utils.TritonError.INVALID_ARG)
             except Busy as err:
@@ -93,7 +103,13 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.scheduler.stop("the ddpm model is being unloaded")
+        self.outbox.close()
         pb_utils.Logger.log_info("ddpm: unloaded")
+
+    def _posted(self, answer: Callable[[Any, T], None], sender: Any) -> Callable[[T], None]:
+        """A job callback that only posts `answer(sender, value)` to the outbox: the scheduler calls it
+        on its stepping thread, which must not wait for the server to take the response."""
+        return lambda value: self.outbox.post(functools.partial(answer, sender, value))
 
     def _reply(self, sender: Any, images: np.ndarray) -> None:
         sender.send(pb_utils.InferenceResponse([pb_utils.Tensor(contract.IMAGE.name, images)]), flags=FINAL)
