@@ -77,8 +77,11 @@ def summarize_profile(raw: Path, top: int = 25) -> str:
 
 
 def _py_spy(pid: int, seconds: int, out: Path) -> subprocess.Popen[str]:
+    """Sample every thread, blocked ones too (`--idle`): without it a thread waiting for the GIL, an
+    IPC reply or an OpenMP join is simply not sampled, and the profile of 64 clients on the H100
+    showed `execute` as nearly idle while it was the bottleneck (benchmarks/README.md)."""
     command = ["py-spy", "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250", "--threads",
-               "--nonblocking", "--format", "raw", "--output", str(out)]  # fmt: skip
+               "--idle", "--nonblocking", "--format", "raw", "--output", str(out)]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, text=True)
 
 
