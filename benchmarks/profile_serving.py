@@ -13,13 +13,12 @@ request at a time) separates the cost of step-level batching from the U-Net's:
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
 
 from ddpm_triton.profiling import profile
-from ddpm_triton.provenance import device_slug
+from ddpm_triton.provenance import write_result
 
 
 def main() -> None:
@@ -41,9 +40,7 @@ def main() -> None:
         cases, args.device == "gpu", args.preset, args.steps, args.precision, args.stability, args.py_spy, args.home,
         args.out, shlex.join(["python", "benchmarks/profile_serving.py", *sys.argv[1:]]), args.compile,
     )  # fmt: skip
-    path = args.out / f"profile-{record['date'][:10]}-{device_slug(record['device'])}.json"
-    path.write_text(json.dumps(record, indent=2))
-    print(f"wrote {path}")
+    print(f"wrote {write_result(args.out, 'profile', record)}")
 
 
 if __name__ == "__main__":

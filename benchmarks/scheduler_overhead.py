@@ -21,12 +21,10 @@ answers. Two ways to run it:
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +33,7 @@ import torch
 from ddpm_triton.bench import engine, random_checkpoint
 from ddpm_triton.config import DiffusionConfig
 from ddpm_triton.diffusion import Diffusion
-from ddpm_triton.provenance import describe_device, device_slug, git_commit
+from ddpm_triton.provenance import stamp, write_result
 from ddpm_triton.scheduler import ImageOptions, Job, StepScheduler
 from ddpm_triton.stepper import Stepper
 
@@ -143,15 +141,10 @@ def main() -> None:
               f"({row['median_staggered_poll_ms']:.2f} in the worker's poll), one {args.jobs}-image request "
               f"{row['median_batch_ms']:.2f} ms/step", flush=True)  # fmt: skip
     record = {
-        "device": describe_device(args.device), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(), "command": shlex.join(["python", "benchmarks/scheduler_overhead.py", *sys.argv[1:]]),
+        **stamp(args.device, shlex.join(["python", "benchmarks/scheduler_overhead.py", *sys.argv[1:]])),
         "unet": args.unet, "compile": args.compile, "jobs": args.jobs, "steps": args.steps, "rows": rows,
     }  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    device = "cpu" if args.device == "cpu" else device_slug(record["device"])
-    path = args.out / f"scheduler-overhead-{record['date'][:10]}-{device}.json"
-    path.write_text(json.dumps(record, indent=2))
-    print(f"wrote {path}")
+    print(f"wrote {write_result(args.out, 'scheduler-overhead', record)}")
 
 
 if __name__ == "__main__":

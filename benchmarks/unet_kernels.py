@@ -10,12 +10,10 @@ CUDA device; the work is ddpm_triton.kernel_profile.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -23,7 +21,7 @@ import torch
 from ddpm_triton.bench import random_checkpoint
 from ddpm_triton.config import preset
 from ddpm_triton.kernel_profile import profile_unet, summarize
-from ddpm_triton.provenance import describe_device, device_slug, git_commit
+from ddpm_triton.provenance import stamp, write_result
 from ddpm_triton.runners import load_runner
 
 
@@ -49,15 +47,11 @@ def main() -> None:
     for row in rows[:15]:
         print(f"  {100 * row.ms / total:5.1f}%  x{row.calls:4.0f}  {row.category:11s}  {row.name[:100]}")
     record = {
-        "device": describe_device("cuda"), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(), "command": shlex.join(["python", "benchmarks/unet_kernels.py", *sys.argv[1:]]),
+        **stamp("cuda", shlex.join(["python", "benchmarks/unet_kernels.py", *sys.argv[1:]])),
         "preset": args.preset, "batch": args.batch, "precision": args.precision, "compile": args.compile,
         "ms_per_call": total, "categories_ms": categories, "kernels": [asdict(r) for r in rows],
     }  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"unet-kernels-{record['date'][:10]}-{device_slug(record['device'])}.json"
-    path.write_text(json.dumps(record, indent=2))
-    print(f"wrote {path}")
+    print(f"wrote {write_result(args.out, 'unet-kernels', record)}")
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ import subprocess
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .bench import Plan, bench_server, perf_case, random_checkpoint
 from .perf import write_input_data
-from .provenance import describe_device, git_commit
+from .provenance import stamp
 from .watchdog import stubs
 
 
@@ -132,7 +131,6 @@ def profile(
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "py_spy"}), flush=True)
     return {
-        "device": describe_device("cuda" if gpu else "cpu"), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(), "command": command, "model": f"{preset} U-Net (random weights)",
+        **stamp("cuda" if gpu else "cpu", command), "model": f"{preset} U-Net (random weights)",
         "steps": steps, "compile": plan.compile, "server_load_s": round(load_s), "rows": rows,
     }  # fmt: skip

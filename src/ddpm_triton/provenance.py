@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,3 +43,17 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def stamp(device: str, command: str) -> dict[str, str]:
+    """The fields a result file starts with: the device, the date (UTC), the commit, the command."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return {"device": describe_device(device), "date": now, "commit": git_commit(), "command": command}
+
+
+def write_result(out_dir: Path, kind: str, record: dict[str, Any]) -> Path:
+    """`record` (a `stamp` and what was measured) as out_dir/<kind>-<date>-<device>.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{kind}-{record['date'][:10]}-{device_slug(record['device'])}.json"
+    path.write_text(json.dumps(record, indent=2))
+    return path
