@@ -34,8 +34,17 @@ def device_slug(description: str) -> str:
     return description.split(",")[0].removeprefix("GPU: ").removeprefix("CPU: ").replace(" ", "-").lower()
 
 
+COMMIT_ENV = "DDPM_TRITON_COMMIT"
+
+
 def git_commit() -> str:
-    """HEAD of the checkout this package runs from, marked when tracked files differ from it."""
+    """HEAD of the checkout this package runs from, marked when tracked files differ from it.
+
+    A copy of the tree that travels without its history (a lent GPU host gets the files, and a
+    `.git` that can be stale) cannot know its commit: $DDPM_TRITON_COMMIT names it, and wins.
+    """
+    if os.environ.get(COMMIT_ENV):
+        return f"{os.environ[COMMIT_ENV]} (from ${COMMIT_ENV})"
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
