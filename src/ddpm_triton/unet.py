@@ -36,39 +36,15 @@ class TimestepEmbedding(nn.Module):
         return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
-class GroupNorm(nn.GroupNorm):
-    """nn.GroupNorm that reads and writes a channels_last tensor in its own memory order.
-
-    PyTorch's GroupNorm (eager and its torch.compile decomposition alike) reshapes the input to
-    [N, G, C/G*H*W], a transpose of a channels_last tensor, and the next convolution wants
-    channels_last again: on the GPU fast path those two transposes made Inductor's fused
-    norm/SiLU kernels the largest share of a U-Net call (benchmarks/README.md). Splitting the
-    channel axis into [G, C/G] is a view in either memory order, so the statistics and the
-    normalisation here touch the tensor as it lies. Contiguous (NCHW) inputs, which is what
-    training on a CPU and the traced exports see, keep the library's kernel.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
-            return super().forward(x)
-        n, c, h, w = x.shape
-        grouped = x.float().view(n, self.num_groups, c // self.num_groups, h, w)
-        var, mean = torch.var_mean(grouped, dim=(2, 3, 4), keepdim=True, correction=0)
-        normed = ((grouped - mean) * torch.rsqrt(var + self.eps)).view(n, c, h, w)
-        if self.affine:
-            normed = normed * self.weight.float()[:, None, None] + self.bias.float()[:, None, None]
-        return normed.to(x.dtype)
-
-
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, with the time (and label) embedding added in between."""
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int) -> None:
         super().__init__()
-        self.norm1 = GroupNorm(groups, in_ch)
+        self.norm1 = nn.GroupNorm(groups, in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, out_ch)
-        self.norm2 = GroupNorm(groups, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity: stable early training
@@ -90,7 +66,7 @@ class SelfAttention(nn.Module):
         if ch % heads:
             raise ValueError(f"{ch} channels do not split into {heads} heads")
         self.heads = heads
-        self.norm = GroupNorm(groups, ch)
+        self.norm = nn.GroupNorm(groups, ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = nn.Conv2d(ch, ch, 1)
         nn.init.zeros_(self.proj.weight)
@@ -184,7 +160,7 @@ class UNet(nn.Module):
             if level > 0:
                 resolution *= 2
 
-        self.norm_out = GroupNorm(groups, width)
+        self.norm_out = nn.GroupNorm(groups, width)
         self.conv_out = nn.Conv2d(width, config.in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
