@@ -15,7 +15,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from .checkpoint import load_weights, save_weights
 from .config import preset
 from .diffusion import Diffusion
 from .perf import PerfRow, run_perf_analyzer, write_input_data
-from .provenance import describe_device, device_slug, git_commit
+from .provenance import device_slug, stamp
 from .runners import load_runner
 from .scheduler import ImageOptions, Job, StepScheduler
 from .soak import read_counters, server_rss
@@ -252,9 +251,8 @@ def write_results(
 ) -> Path:
     """benchmarks/results/<date>-<device>.json, .md and .png; `merge` keeps the rows already in that file
     (a run split into parts on one machine, each part a separate command)."""
-    now = datetime.now(timezone.utc)
-    device = describe_device("cuda" if torch.cuda.is_available() else "cpu")
-    stem = f"{now:%Y-%m-%d}-{device_slug(device)}"
+    head = stamp("cuda" if torch.cuda.is_available() else "cpu", command)
+    device, stem = head["device"], f"{head['date'][:10]}-{device_slug(head['device'])}"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{stem}.json"
     commands = [command]
@@ -264,8 +262,7 @@ def write_results(
         commands = [c for c in earlier.get("commands", [earlier["command"]]) if c != command] + commands
         extra = {**{k: v for k, v in earlier.items() if k not in ("device", "date", "commit", "model", "command", "commands", "rows", "partial")}, **extra}
     record: dict[str, Any] = {
-        "device": device, "date": now.isoformat(timespec="seconds"), "commit": git_commit(), "model": model,
-        "command": " && ".join(commands), "commands": commands, **extra, "rows": [asdict(r) for r in rows],
+        **head, "command": " && ".join(commands), "model": model, "commands": commands, **extra, "rows": [asdict(r) for r in rows],
     }  # fmt: skip
     path.write_text(json.dumps(record, indent=2))
     lines = [
