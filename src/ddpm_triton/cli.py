@@ -404,7 +404,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", type=_csv, default=["diffusers-fp32-eager", "diffusers-fp16-compiled"],
                    help="diffusers configurations measured in the same run (empty: none)")
     p.add_argument("--peer-batch", type=int, default=64, help="batch of the slow fp32 eager peer's long rows")
-    p.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default="fp16", help="GPU compute precision")
+    p.add_argument("--precision", choices=("fp16", "bf16", "fp32", "fp8"), default="fp16",
+                   help="GPU compute precision (fp8: the residual blocks' convolutions in FP8, Hopper/Ada)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="CUDA graphs without torch.compile")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--stability", type=float, default=50.0, help="perf_analyzer --stability-percentage")
@@ -421,7 +422,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--classifier", type=Path, default=Path("models/mnist-classifier/classifier.safetensors"))
     p.add_argument("--data-dir", type=Path, default=Path("../shared/data/mnist"), help="MNIST test idx files")
-    p.add_argument("--variants", type=_csv, default=variants, help=f"of {','.join(variants)}")
+    p.add_argument("--variants", type=_csv, default=variants,
+                   help=f"of {','.join(variants)}; also pytorch_fp16 and pytorch_fp8 (the weights in PyTorch, on a GPU)")
     p.add_argument("--images", type=int, default=200, help="images per variant (0: no precision table)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance-scale", type=float, default=2.0)

@@ -50,8 +50,11 @@ from .pipeline import Pipeline
 from .runners import TensorRTUnavailable, import_tensorrt, load_runner
 
 PYTORCH = "pytorch_fp32"
-VARIANTS = (PYTORCH, *(f"{fmt}_{p}" for fmt, precisions in SUPPORTED.items() for p in precisions))
-"""Every source of eps this module can sample with: the PyTorch module, then each artifact kind."""
+LIVE = {"pytorch_fp16": "fp16", "pytorch_fp8": "fp8"}
+"""The checkpoint's weights run by PyTorch in a lower compute precision, as the GPU server runs them."""
+VARIANTS = (PYTORCH, *LIVE, *(f"{fmt}_{p}" for fmt, precisions in SUPPORTED.items() for p in precisions))
+"""Every source of eps this module can sample with: the PyTorch module, the same weights in lower
+precisions, then each artifact kind."""
 
 TITLES = {"pytorch": "PyTorch", "onnx": "ONNX", "torchscript": "TorchScript", "tensorrt": "TensorRT"}
 
@@ -185,7 +188,7 @@ class Sources:
         from .checkpoint import load_model
 
         self.model, self.config = load_model(checkpoint, device)
-        self.device, self.threads, self.workdir = device, threads, workdir
+        self.checkpoint, self.device, self.threads, self.workdir = Path(checkpoint), device, threads, workdir
         # The builder traces the module where it sits, so a CUDA run gets CUDA TorchScript artifacts.
         self.builder = ArtifactBuilder(self.model, self.config, workdir, data_dir, max_batch=256)
 
@@ -193,6 +196,10 @@ class Sources:
         """The eps callable of `name`; raises TensorRTUnavailable (or ValueError) when it cannot run here."""
         if name == PYTORCH:
             return self.model
+        if name in LIVE:
+            if self.device == "cpu" and LIVE[name] == "fp8":
+                raise ValueError("fp8 runs Triton kernels on a CUDA GPU")
+            return load_runner(self.checkpoint, self.device, precision=LIVE[name])
         variant = Variant(*name.split("_"))
         if variant.format == "tensorrt":
             import_tensorrt()

@@ -15,7 +15,9 @@ from torch import nn
 
 from .unet import UNet
 
-COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float16}
+# fp8 is fp16 with the residual blocks' convolutions in FP8 (`fp8.py`): Triton kernels, so it runs from
+# live PyTorch weights only and is not an export precision.
 
 
 def _cast_inputs_to(dtype: torch.dtype) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]:
@@ -43,6 +45,10 @@ class PrecisionWrapper(nn.Module):
         self.unet = copy.deepcopy(model).to(self.dtype).requires_grad_(False)
         if self.dtype != torch.float32:
             self.unet.time_embed.register_forward_pre_hook(_cast_inputs_to(self.dtype))
+        if precision == "fp8":
+            from .fp8 import use_fp8_resblocks  # imports triton: only where fp8 is asked for
+
+            use_fp8_resblocks(self.unet)
         self.eval()
 
     # The argument names are the artifact's input names: Triton's LibTorch backend binds config
