@@ -198,3 +198,22 @@ def test_fp8_refuses_what_it_cannot_run() -> None:
 
     with pytest.raises(ValueError, match="fp16 U-Net"):
         use_fp8_resblocks(UNet(preset("tiny").unet))
+
+
+def test_fp8_runner_runs_small_batches_in_fp16(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Below FP8_MIN_BATCH the fp8 kernels lose to fp16 on an H100, so an fp8 runner switches there."""
+    from ddpm_triton import runners
+    from ddpm_triton.bench import random_checkpoint
+    from ddpm_triton.config import preset
+
+    checkpoint = random_checkpoint("tiny", tmp_path / "model.safetensors")
+    monkeypatch.setattr(runners, "FP8_MIN_BATCH", 2)  # the interpreter is slow: keep the fp8 batch small
+    fp8 = runners.load_runner(checkpoint, DEVICE, precision="fp8")
+    fp16 = runners.load_runner(checkpoint, DEVICE, precision="fp16")
+    u = preset("tiny").unet
+    x, t = torch.randn(2, u.in_channels, u.image_size, u.image_size), torch.tensor([10.0, 500.0])
+    labels = torch.tensor([3, u.num_classes]) if fp8.conditional else None
+    assert torch.equal(fp8(x[:1], t[:1], None if labels is None else labels[:1]), fp16(x[:1], t[:1], None if labels is None else labels[:1]))
+    large = fp8(x, t, labels)
+    assert not torch.equal(large, fp16(x, t, labels))
+    assert relative_error(large, fp16(x, t, labels)) < 0.2

@@ -12,6 +12,7 @@ from types import ModuleType
 
 import onnxruntime as ort
 import torch
+from torch import nn
 
 from .artifacts import INPUT_LABEL, INPUT_T, INPUT_X, OUTPUT_EPS
 from .checkpoint import load_model
@@ -82,28 +83,41 @@ class TorchScriptRunner(UNetRunner):
             return self.module(*inputs.values())
 
 
+FP8_MIN_BATCH = 32
+"""Below this many images per call an fp8 runner runs the fp16 U-Net instead: its kernels have too
+few programs to fill an H100 there. Compiled and CUDA-graphed, fp8 against fp16 per call measured
+0.66x at batch 2, 0.81x at 8, 1.10x at 32, 1.24x at 64 and 1.28x at 256 (benchmarks/README.md)."""
+
+
 class PyTorchRunner(UNetRunner):
     """The model's own weights (.safetensors) run by PyTorch: the GPU fast path.
 
     With no export in between, the server can use what only live PyTorch offers: channels_last
-    convolutions, torch.compile's fused GroupNorm+SiLU kernels, and CUDA graphs captured around the whole denoising step (`stepper.Stepper`).
+    convolutions, torch.compile's fused GroupNorm+SiLU kernels, the fp8 precision's Triton kernels,
+    and CUDA graphs captured around the whole denoising step (`stepper.Stepper`).
     """
 
     def __init__(self, path: Path, device: torch.device, precision: str, compile: bool) -> None:
         model, config = load_model(path, device)
-        module = PrecisionWrapper(model, precision).to(device)
-        if device.type == "cuda":
-            module = module.to(memory_format=torch.channels_last)
         # Static shapes: one compilation per CUDA-graph bucket (about 25 s each for the CIFAR-10
         # U-Net on an H100). A dynamic-batch compilation takes one pass but its kernels ran 19 ms per
         # step at batch 256 against 12 ms for static ones (benchmarks/README.md).
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        self.module = torch.compile(module, dynamic=False) if compile else module
+
+        def prepare(precision: str) -> nn.Module:
+            module = PrecisionWrapper(model, precision).to(device)
+            if device.type == "cuda":
+                module = module.to(memory_format=torch.channels_last)
+            return torch.compile(module, dynamic=False) if compile else module
+
+        self.module = prepare(precision)
+        self.small_batch_module = prepare("fp16") if precision == "fp8" else self.module
         super().__init__(path, device, conditional=config.unet.conditional)
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        large = inputs[INPUT_X].shape[0] >= FP8_MIN_BATCH
         with torch.inference_mode():
-            return self.module(*inputs.values())
+            return (self.module if large else self.small_batch_module)(*inputs.values())
 
 
 class OnnxRunner(UNetRunner):
