@@ -19,7 +19,6 @@ INTERPRET = not torch.cuda.is_available()
 if INTERPRET:
     os.environ["TRITON_INTERPRET"] = "1"
 
-triton = pytest.importorskip("triton", reason="the fp8 kernels need `triton` (pip install -e '.[dev]')")
 from ddpm_triton.kernels.conv3x3 import conv3x3_fp8, pack_weight  # noqa: E402
 from ddpm_triton.kernels.group_norm import FP8_MAX, group_norm_silu  # noqa: E402
 
