@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import triton
+from torch import Tensor
 import triton.language as tl
 
 FP8_MAX = 448.0
@@ -118,15 +119,13 @@ def _check(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: tor
         raise ValueError(f"scale {tuple(scale.shape)} and bias {tuple(bias.shape)} must both be [{c_out}]")
 
 
+def _empty_output(x: Tensor, c_out: int) -> Tensor:
+    n, _, h, w = x.shape
+    return torch.empty((n, c_out, h, w), dtype=torch.float16, device=x.device, memory_format=torch.channels_last)
+
+
 @torch.library.custom_op("ddpm_triton::conv3x3_fp8", mutates_args=())
-def conv3x3_fp8(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    scale: torch.Tensor,
-    bias: torch.Tensor,
-    row: torch.Tensor | None,
-    residual: torch.Tensor | None,
-) -> torch.Tensor:
+def conv3x3_fp8(x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None, residual: Tensor | None) -> Tensor:
     """conv2d(x, weight * scale, bias, padding=1) [+ row[:, :, None, None]] [+ residual], float16 channels_last.
 
     x: FP8 [N, C_in, H, W] (channels_last memory, unscaled); weight, scale: from `pack_weight`; bias
@@ -136,7 +135,7 @@ def conv3x3_fp8(
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
     x = x.contiguous(memory_format=torch.channels_last)
-    out = torch.empty((n, c_out, h, w), dtype=torch.float16, device=x.device, memory_format=torch.channels_last)
+    out = _empty_output(x, c_out)
     if residual is not None:
         residual = residual.to(torch.float16).contiguous(memory_format=torch.channels_last)
     if row is not None:
@@ -153,16 +152,6 @@ def conv3x3_fp8(
 
 
 @conv3x3_fp8.register_fake
-def _(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    scale: torch.Tensor,
-    bias: torch.Tensor,
-    row: torch.Tensor | None,
-    residual: torch.Tensor | None,
-) -> torch.Tensor:
+def _(x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None, residual: Tensor | None) -> Tensor:
     _check(x, weight, scale, bias)
-    n, _, h, w = x.shape
-    return torch.empty((n, weight.shape[0], h, w), dtype=torch.float16, device=x.device).contiguous(
-        memory_format=torch.channels_last
-    )
+    return _empty_output(x, weight.shape[0])
