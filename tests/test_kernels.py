@@ -190,13 +190,16 @@ def test_fp8_unet_predicts_the_fp32_unets_noise() -> None:
     assert relative_error(out, expected) < 0.2
 
 
-def test_fp8_refuses_what_it_cannot_run() -> None:
+def test_fp8_refuses_what_it_cannot_run(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from ddpm_triton.config import preset
     from ddpm_triton.fp8 import use_fp8_resblocks
     from ddpm_triton.unet import UNet
 
     with pytest.raises(ValueError, match="fp16 U-Net"):
         use_fp8_resblocks(UNet(preset("tiny").unet))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="on a CUDA GPU"):
+        use_fp8_resblocks(UNet(preset("tiny").unet).half())
 
 
 def test_fp8_runner_runs_small_batches_in_fp16(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

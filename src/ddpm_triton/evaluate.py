@@ -197,8 +197,6 @@ class Sources:
         if name == PYTORCH:
             return self.model
         if name in LIVE:
-            if self.device == "cpu" and LIVE[name] == "fp8":
-                raise ValueError("fp8 runs Triton kernels on a CUDA GPU")
             return load_runner(self.checkpoint, self.device, precision=LIVE[name])
         variant = Variant(*name.split("_"))
         if variant.format == "tensorrt":

@@ -13,6 +13,8 @@ dropout is left out.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,6 +74,8 @@ def use_fp8_resblocks(model: nn.Module) -> nn.Module:
     parameter = next(model.parameters())
     if parameter.dtype != torch.float16:
         raise ValueError(f"the fp8 blocks go into an fp16 U-Net (their other layers run fp16), not {parameter.dtype}")
+    if not parameter.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("fp8 runs Triton kernels on a CUDA GPU (on a CPU only under TRITON_INTERPRET=1, for tests)")
     if parameter.is_cuda and torch.cuda.get_device_capability(parameter.device) < MIN_CAPABILITY:
         name = torch.cuda.get_device_name(parameter.device)
         raise ValueError(f"fp8 needs FP8 tensor cores (compute capability 8.9+: Ada, Hopper or newer); {name} has none")
