@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 from ddpm_triton.bench import random_checkpoint
-from ddpm_triton.kernels.group_norm import group_norm_silu
+from ddpm_triton.kernels.group_norm import group_norm
 from ddpm_triton.provenance import stamp, write_result
 from ddpm_triton.runners import FP8_MIN_BATCH, load_runner
 
@@ -77,9 +77,9 @@ def norm_rows(batch: int) -> list[dict[str, float]]:
         expected = F.silu(F.group_norm(x.float(), 32, weight, bias, 1e-5))
         row: dict[str, float] = {"channels": channels, "size": size}
         for name, fp8 in (("fp16_out", False), ("fp8_out", True)):
-            out = group_norm_silu(x, weight, bias, 32, 1e-5, fp8)
+            out = group_norm(x, None, weight, bias, 32, 1e-5, True, fp8, None)
             row[f"{name}_rel_err"] = ((out.float() - expected).norm() / expected.norm()).item()
-            row[f"{name}_ms"] = do_bench(lambda: group_norm_silu(x, weight, bias, 32, 1e-5, fp8), return_mode="median")
+            row[f"{name}_ms"] = do_bench(lambda: group_norm(x, None, weight, bias, 32, 1e-5, True, fp8, None), return_mode="median")
         row["compiled_ms"] = do_bench(lambda: compiled(x, weight.half(), bias.half()), return_mode="median")
         # Useful bytes: the fp16 input read once and the output written once.
         row["fp8_out_GBps"] = x.numel() * 3 / row["fp8_out_ms"] / 1e6

@@ -13,7 +13,8 @@ H100_KERNELS = {
     "nvjet_sm90_hsh_128x256_64x4_2x1_v_ssched_bz_coopA_TNN": "matmul",
     "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x256_4x1x1_cga1x1x1_kernel0_0": "attention",
     "void at::native::vectorized_elementwise_kernel<4, at::native::exp_kernel_cuda>": "other",
-    "_group_norm_silu_kernel": "groupnorm",  # the fp8 precision's own kernels
+    "_group_norm_silu_kernel": "groupnorm",  # the project's own kernels (the older name in committed profiles)
+    "_group_norm_kernel": "groupnorm",
     "_conv3x3_fp8_kernel": "convolution",
 }
 

@@ -19,8 +19,8 @@ INTERPRET = not torch.cuda.is_available()
 if INTERPRET:
     os.environ["TRITON_INTERPRET"] = "1"
 
-from ddpm_triton.kernels.conv3x3 import conv3x3_fp8, pack_weight  # noqa: E402
-from ddpm_triton.kernels.group_norm import FP8_MAX, group_norm_silu  # noqa: E402
+from ddpm_triton.kernels.conv3x3 import _tma_pixel_block, conv3x3_fp8, conv3x3_fp8_stats, fused_statistics, pack_weight  # noqa: E402
+from ddpm_triton.kernels.group_norm import FP8_MAX, group_norm  # noqa: E402
 
 DEVICE = "cpu" if INTERPRET else "cuda"
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::RuntimeWarning")  # the interpreter's numpy
@@ -58,8 +58,9 @@ def channels_last(*shape: int, generator: torch.Generator, scale: float = 1.0, o
     return x.half().to(DEVICE).contiguous(memory_format=torch.channels_last)
 
 
-def group_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
-    return F.silu(F.group_norm(x.double(), groups, weight.double(), bias.double(), 1e-5))
+def group_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, silu: bool = True) -> torch.Tensor:
+    y = F.group_norm(x.double(), groups, weight.double(), bias.double(), 1e-5)
+    return F.silu(y) if silu else y
 
 
 @pytest.mark.parametrize(
@@ -78,62 +79,123 @@ def test_group_norm_silu_matches_pytorch(shape: tuple[int, int, int, int], group
     bias = (torch.randn(shape[1], generator=g) * 0.2).to(DEVICE)
     expected = group_norm_reference(x, weight, bias, groups)
 
-    out = group_norm_silu(x, weight, bias, groups, 1e-5, False)
+    out = group_norm(x, None, weight, bias, groups, 1e-5, True, False, None)
     assert out.dtype == torch.float16 and out.is_contiguous(memory_format=torch.channels_last)
     assert relative_error(out, expected) < 2e-3
 
-    fp8 = group_norm_silu(x, weight, bias, groups, 1e-5, True)
+    fp8 = group_norm(x, None, weight, bias, groups, 1e-5, True, True, None)
     assert fp8.dtype == torch.float8_e4m3fn and fp8.is_contiguous(memory_format=torch.channels_last)
     # The fp8 values are the reference rounded once to e4m3 (3 mantissa bits), give or take a rounding boundary.
     assert relative_error(fp8, expected) < 0.04
     assert (fp8.float() - expected.float().to(torch.float8_e4m3fn).float()).abs().max() <= 0.07 * expected.abs().max()
 
-
-def test_group_norm_silu_names_what_is_wrong() -> None:
-    x = torch.zeros(1, 12, 2, 2, dtype=torch.float16, device=DEVICE)
-    with pytest.raises(ValueError, match="12 channels do not split into 5 groups"):
-        group_norm_silu(x, torch.ones(12, device=DEVICE), torch.zeros(12, device=DEVICE), 5, 1e-5, True)
-    with pytest.raises(ValueError, match="float16"):
-        group_norm_silu(x.float(), torch.ones(12, device=DEVICE), torch.zeros(12, device=DEVICE), 4, 1e-5, True)
+    plain = group_norm(x, None, weight, bias, groups, 1e-5, False, False, None)  # attention's norm: no SiLU
+    assert relative_error(plain, group_norm_reference(x, weight, bias, groups, silu=False)) < 2e-3
 
 
 @pytest.mark.parametrize(
-    ("n", "c_in", "c_out", "h", "w"),
+    ("head", "tail", "groups"),
     [
-        (2, 32, 48, 6, 5),  # whole K chunks, a partial block of output channels
-        (1, 40, 24, 5, 7),  # a partial K chunk (40 of 64 channels)
-        (3, 64, 128, 4, 4),  # several images in one pixel block
+        (256, 128, 32),  # the CIFAR-10 decoder's 384 channels: a 12-channel group straddles the seam
+        (24, 8, 4),  # the seam on a group boundary, both parts in one program
     ],
 )
-def test_conv3x3_fp8_matches_conv2d_of_the_same_fp8_values(n: int, c_in: int, c_out: int, h: int, w: int) -> None:
+def test_group_norm_reads_a_concatenation_in_two_parts(head: int, tail: int, groups: int) -> None:
+    g = torch.Generator().manual_seed(head + tail)
+    x = channels_last(2, head, 4, 3, generator=g, scale=2.0, offset=0.5)
+    skip = channels_last(2, tail, 4, 3, generator=g, offset=-1.0)
+    weight = (torch.rand(head + tail, generator=g) + 0.5).to(DEVICE)
+    bias = (torch.randn(head + tail, generator=g) * 0.2).to(DEVICE)
+    expected = group_norm_reference(torch.cat([x, skip], dim=1), weight, bias, groups)
+
+    out = group_norm(x, skip, weight, bias, groups, 1e-5, True, False, None)
+    assert out.shape == (2, head + tail, 4, 3) and out.is_contiguous(memory_format=torch.channels_last)
+    assert relative_error(out, expected) < 2e-3
+    assert relative_error(group_norm(x, skip, weight, bias, groups, 1e-5, True, True, None), expected) < 0.04
+
+
+def test_group_norm_names_what_is_wrong() -> None:
+    x = torch.zeros(1, 12, 2, 2, dtype=torch.float16, device=DEVICE)
+    ones, zeros = torch.ones(12, device=DEVICE), torch.zeros(12, device=DEVICE)
+    with pytest.raises(ValueError, match="12 channels do not split into 5 groups"):
+        group_norm(x, None, ones, zeros, 5, 1e-5, True, True, None)
+    with pytest.raises(ValueError, match="x is torch.float32"):
+        group_norm(x.float(), None, ones, zeros, 4, 1e-5, True, True, None)
+    with pytest.raises(ValueError, match="tail .* is not a channel continuation"):
+        group_norm(x[:, :8], x[:, :4, :1], ones, zeros, 4, 1e-5, True, True, None)
+
+
+@pytest.mark.parametrize(
+    ("n", "c_in", "c_out", "h", "w", "tma"),
+    [
+        (2, 32, 48, 6, 5, False),  # whole K chunks, a partial block of output channels; not a power of two
+        (1, 40, 24, 5, 7, False),  # a partial K chunk (40 of 64 channels)
+        (3, 64, 128, 4, 4, True),  # several images in one pixel block, the last one partly past the batch
+        (2, 32, 48, 8, 16, True),  # one block per image, a partial block of output channels
+        (1, 48, 16, 16, 16, True),  # two blocks per image; a partial K chunk (48 of 64 channels)
+    ],
+)
+def test_conv3x3_fp8_matches_conv2d_of_the_same_fp8_values(n: int, c_in: int, c_out: int, h: int, w: int, tma: bool) -> None:
     g = torch.Generator().manual_seed(n * c_in + c_out)
     x = channels_last(n, c_in, h, w, generator=g).to(torch.float8_e4m3fn)
+    assert (_tma_pixel_block(x) is not None) == tma  # which of the two kernels this case runs
     weight = torch.randn(c_out, c_in, 3, 3, generator=g) / (9 * c_in) ** 0.5
     bias = torch.randn(c_out, generator=g).to(DEVICE)
     row = torch.randn(n, c_out, generator=g).half().to(DEVICE)
-    residual = channels_last(n, c_out, h, w, generator=g)
+    residuals = [channels_last(n, c_out, h, w, generator=g) for _ in range(2)]
     packed, scale = pack_weight(weight.to(DEVICE))
     dequantised = (packed.float() * scale[:, None]).reshape(c_out, 3, 3, c_in).permute(0, 3, 1, 2)
 
     expected = F.conv2d(x.double(), dequantised.double(), bias.double(), padding=1)
-    out = conv3x3_fp8(x, packed, scale, bias, None, None)
+    out = conv3x3_fp8(x, packed, scale, bias, None, [])
     assert out.dtype == torch.float16 and out.is_contiguous(memory_format=torch.channels_last)
     assert relative_error(out, expected) < 2e-3  # fp32 accumulation of exact products, one fp16 rounding
 
-    expected = expected + row.double()[:, :, None, None] + residual.double()
-    assert relative_error(conv3x3_fp8(x, packed, scale, bias, row, residual), expected) < 2e-3
+    expected = expected + row.double()[:, :, None, None] + residuals[0].double()
+    assert relative_error(conv3x3_fp8(x, packed, scale, bias, row, residuals[:1]), expected) < 2e-3
+    expected = expected + residuals[1].double()
+    assert relative_error(conv3x3_fp8(x, packed, scale, bias, row, residuals), expected) < 2e-3
 
     # Against the fp32 weights the error is FP8's rounding of them: a few percent.
     assert relative_error(out, F.conv2d(x.double(), weight.double().to(DEVICE), bias.double(), padding=1)) < 0.05
+
+
+@pytest.mark.parametrize(("n", "hw", "blocks"), [(2, 16, 2), (5, 4, 1)])  # two blocks per image; four images per block
+def test_conv3x3_fp8_stats_feed_group_norm(n: int, hw: int, blocks: int) -> None:
+    """The statistics a convolution computes in its epilogue normalise its output as a second read would."""
+    g = torch.Generator().manual_seed(n + hw)
+    x = channels_last(n, 32, hw, hw, generator=g).to(torch.float8_e4m3fn)
+    assert fused_statistics(x)
+    packed, scale = pack_weight(torch.randn(64, 32, 3, 3, generator=g).to(DEVICE) / 17)
+    bias = (torch.randn(64, generator=g) + 2.0).to(DEVICE)  # channel means well away from zero
+    row = torch.randn(n, 64, generator=g).half().to(DEVICE)
+    out, stats = conv3x3_fp8_stats(x, packed, scale, bias, row, [])
+    assert torch.equal(out, conv3x3_fp8(x, packed, scale, bias, row, []))
+    assert stats.shape == (n, blocks, 2, 64) and stats.dtype == torch.float32
+
+    pixels = out.float().permute(0, 2, 3, 1).reshape(n, blocks, -1, 64)  # each block's pixels, in image order
+    torch.testing.assert_close(stats[:, :, 0], pixels.mean(dim=2), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(stats[:, :, 1], pixels.var(dim=2, unbiased=False) * pixels.shape[2], rtol=1e-3, atol=1e-3)
+
+    weight, norm_bias = (torch.rand(64, generator=g) + 0.5).to(DEVICE), torch.randn(64, generator=g).to(DEVICE)
+    fused = group_norm(out, None, weight, norm_bias, 8, 1e-5, True, False, stats)
+    assert relative_error(fused, group_norm(out, None, weight, norm_bias, 8, 1e-5, True, False, None)) < 1e-3
+    with pytest.raises(ValueError, match="not conv3x3_fp8_stats' for x"):
+        group_norm(out[:, :32].contiguous(memory_format=torch.channels_last), None, weight[:32], norm_bias[:32], 8, 1e-5, True, False, stats)
+    odd = channels_last(1, 32, 5, 5, generator=g).to(torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="needs the TMA kernel"):
+        conv3x3_fp8_stats(odd, packed, scale, bias, None, [])
 
 
 def test_conv3x3_fp8_names_what_is_wrong() -> None:
     x = torch.zeros(1, 16, 4, 4, device=DEVICE).to(torch.float8_e4m3fn)
     packed, scale = pack_weight(torch.randn(8, 16, 3, 3, device=DEVICE))
     with pytest.raises(ValueError, match="float8_e4m3fn input"):
-        conv3x3_fp8(x.half(), packed, scale, scale, None, None)
+        conv3x3_fp8(x.half(), packed, scale, scale, None, [])
     with pytest.raises(ValueError, match="not pack_weight"):
-        conv3x3_fp8(x[:, :8], packed, scale, scale, None, None)
+        conv3x3_fp8(x[:, :8], packed, scale, scale, None, [])
+    with pytest.raises(ValueError, match="at most 2 residuals"):
+        conv3x3_fp8(x, packed, scale, scale, None, [x.half()[:, :8]] * 3)
     with pytest.raises(ValueError, match=r"\[C_out, C_in, 3, 3\]"):
         pack_weight(torch.randn(8, 16, 1, 1))
 
@@ -143,10 +205,13 @@ def test_fake_implementations_agree_with_the_kernels() -> None:
     g = torch.Generator().manual_seed(7)
     x = channels_last(2, 32, 4, 4, generator=g)
     weight, bias = torch.ones(32, device=DEVICE), torch.zeros(32, device=DEVICE)
-    torch.library.opcheck(group_norm_silu, (x, weight, bias, 8, 1e-5, True), test_utils="test_faketensor")
+    torch.library.opcheck(group_norm, (x, None, weight, bias, 8, 1e-5, True, True, None), test_utils="test_faketensor")
+    halves = (x[:, :16].contiguous(memory_format=torch.channels_last), x[:, 16:].contiguous(memory_format=torch.channels_last))
+    torch.library.opcheck(group_norm, (*halves, weight, bias, 8, 1e-5, False, False, None), test_utils="test_faketensor")
     packed, scale = pack_weight(torch.randn(16, 32, 3, 3, generator=g).to(DEVICE))
-    args = (x.to(torch.float8_e4m3fn), packed, scale, torch.zeros(16, device=DEVICE), None, channels_last(2, 16, 4, 4, generator=g))
+    args = (x.to(torch.float8_e4m3fn), packed, scale, torch.zeros(16, device=DEVICE), None, [channels_last(2, 16, 4, 4, generator=g)])
     torch.library.opcheck(conv3x3_fp8, args, test_utils="test_faketensor")
+    torch.library.opcheck(conv3x3_fp8_stats, args, test_utils="test_faketensor")
 
 
 def test_fp8_unet_predicts_the_fp32_unets_noise() -> None:
@@ -178,8 +243,13 @@ def test_fp8_unet_predicts_the_fp32_unets_noise() -> None:
     with torch.inference_mode():
         for block, fp8_block in zip(blocks, fp8_blocks):
             x = torch.randn(2, block.conv1.in_channels, 8, 8, device=DEVICE)
-            out = fp8_block(x.half().contiguous(memory_format=torch.channels_last), emb.half())
-            assert relative_error(out, block(x, emb)) < 0.05
+            half = x.half().contiguous(memory_format=torch.channels_last)
+            expected = block(x, emb)
+            assert relative_error(fp8_block(half, emb.half()), expected) < 0.05
+            # A decoder block's input in two parts: its features and the encoder's skip connection.
+            head = x.shape[1] // 2
+            parts = half[:, :head].contiguous(memory_format=torch.channels_last), half[:, head:].contiguous(memory_format=torch.channels_last)
+            assert relative_error(fp8_block(parts[0], emb.half(), parts[1]), expected) < 0.05
 
         x = torch.randn(3, config.in_channels, config.image_size, config.image_size, device=DEVICE)
         t = torch.tensor([5.0, 400.0, 999.0], device=DEVICE)
@@ -219,3 +289,19 @@ def test_fp8_runner_runs_small_batches_in_fp16(tmp_path, monkeypatch) -> None:  
     large = fp8(x, t, labels)
     assert not torch.equal(large, fp16(x, t, labels))
     assert relative_error(large, fp16(x, t, labels)) < 0.2
+
+
+def test_token_attention_normalises_with_the_triton_kernel() -> None:
+    """On a CUDA GPU the fp16 live path's attention blocks normalise through `group_norm` (no SiLU)."""
+    from ddpm_triton.fastpath import TokenAttention, TritonGroupNorm
+    from ddpm_triton.unet import SelfAttention
+
+    torch.manual_seed(2)
+    attention = SelfAttention(32, heads=4, groups=8)
+    torch.nn.init.normal_(attention.proj.weight, std=0.2)  # zero-initialised: the test would see only the residual
+    x = torch.randn(2, 32, 4, 4)
+    fast = TokenAttention(attention.half().to(DEVICE), triton_norm=True)
+    assert isinstance(fast.norm, TritonGroupNorm)
+    with torch.inference_mode():
+        out = fast(x.half().to(DEVICE).contiguous(memory_format=torch.channels_last))
+    assert relative_error(out, attention.float().cpu()(x)) < 5e-3

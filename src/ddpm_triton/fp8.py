@@ -14,13 +14,14 @@ dropout is left out.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels.conv3x3 import conv3x3_fp8, pack_weight
-from .kernels.group_norm import group_norm_silu
+from .kernels.conv3x3 import conv3x3_fp8, conv3x3_fp8_stats, fused_statistics, pack_weight
+from .fastpath import TritonGroupNorm, feature_map, tokens
 from .unet import ResBlock
 
 MIN_CAPABILITY = (8, 9)  # FP8 tensor-core instructions: Ada and Hopper onwards
@@ -38,35 +39,45 @@ class Fp8Conv3x3(nn.Module):
         self.register_buffer("scale", scale)
         self.register_buffer("bias", conv.bias.detach().float())
 
-    def forward(self, x: torch.Tensor, row: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
-        return conv3x3_fp8(x, self.weight, self.scale, self.bias, row, residual)
-
-
-class Fp8GroupNormSiLU(nn.Module):
-    """silu(norm(x)) of an fp16 tensor, written as FP8."""
-
-    def __init__(self, norm: nn.GroupNorm) -> None:
-        super().__init__()
-        self.groups, self.eps = norm.num_groups, norm.eps
-        self.register_buffer("weight", norm.weight.detach().float())
-        self.register_buffer("bias", norm.bias.detach().float())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return group_norm_silu(x, self.weight, self.bias, self.groups, self.eps, True)
+    def forward(self, x: torch.Tensor, row: torch.Tensor | None = None, residuals: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        return conv3x3_fp8(x, self.weight, self.scale, self.bias, row, list(residuals))
 
 
 class Fp8ResBlock(nn.Module):
-    """`unet.ResBlock`'s function with FP8 convolutions and the additions moved into their epilogues."""
+    """`unet.ResBlock`'s function with FP8 convolutions and the additions moved into their epilogues.
+
+    The skip connection's 1x1 convolution runs as matmuls over the pixels; their results and its
+    bias are added in the second convolution's epilogue. A decoder block's input comes in two parts (`tail`: the
+    encoder's skip connection), which the GroupNorm and the matmuls read where they lie, so the
+    concatenation is never written.
+    """
 
     def __init__(self, block: ResBlock) -> None:
         super().__init__()
-        self.norm1, self.conv1 = Fp8GroupNormSiLU(block.norm1), Fp8Conv3x3(block.conv1)
-        self.norm2, self.conv2 = Fp8GroupNormSiLU(block.norm2), Fp8Conv3x3(block.conv2)
-        self.emb, self.skip = block.emb, block.skip
+        self.norm1, self.conv1 = TritonGroupNorm(block.norm1, silu=True, fp8_out=True), Fp8Conv3x3(block.conv1)
+        self.norm2, self.conv2 = TritonGroupNorm(block.norm2, silu=True, fp8_out=True), Fp8Conv3x3(block.conv2)
+        self.emb = block.emb
+        projects = isinstance(block.skip, nn.Conv2d)  # else the skip connection is the identity
+        self.register_buffer("skip_weight", block.skip.weight.detach()[:, :, 0, 0] if projects else None)
+        if projects:
+            self.conv2.bias += block.skip.bias.detach().float()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(self.norm1(x), row=self.emb(F.silu(emb)))
-        return self.conv2(self.norm2(h), residual=self.skip(x))
+    def shortcut(self, x: torch.Tensor, tail: torch.Tensor | None) -> list[torch.Tensor]:
+        """The skip connection, as the terms the second convolution's epilogue adds up."""
+        if self.skip_weight is None:
+            return [x] if tail is None else [torch.cat([x, tail], dim=1)]
+        head = x.shape[1]
+        parts = [(x, self.skip_weight[:, :head])] + ([] if tail is None else [(tail, self.skip_weight[:, head:])])
+        return [feature_map(tokens(part) @ weight.t(), *part.shape[2:]) for part, weight in parts]
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, tail: torch.Tensor | None = None) -> torch.Tensor:
+        normed, row = self.norm1(x, tail), self.emb(F.silu(emb))
+        if fused_statistics(normed):  # the first convolution's epilogue computes what norm2 needs
+            h, stats = conv3x3_fp8_stats(normed, self.conv1.weight, self.conv1.scale, self.conv1.bias, row, [])
+            normed = self.norm2(h, stats=stats)
+        else:
+            normed = self.norm2(self.conv1(normed, row=row))
+        return self.conv2(normed, residuals=self.shortcut(x, tail))
 
 
 def use_fp8_resblocks(model: nn.Module) -> nn.Module:

@@ -24,7 +24,7 @@ def kernel_category(name: str) -> str:
     n = name.lower()
     if n.startswith("triton_"):
         return "inductor"
-    if n.startswith("_group_norm_silu"):  # the fp8 precision's own Triton kernels (ddpm_triton.kernels)
+    if n.startswith("_group_norm"):  # the project's own Triton kernels (ddpm_triton.kernels)
         return "groupnorm"
     if "sdpa" in n or "flash" in n or "fmha" in n:
         return "attention"

@@ -16,6 +16,7 @@ from torch import nn
 
 from .artifacts import INPUT_LABEL, INPUT_T, INPUT_X, OUTPUT_EPS
 from .checkpoint import load_model
+from .fastpath import use_fast_layers
 from .precision import PrecisionWrapper
 
 TENSORRT_CONTAINERS = "nvcr.io/nvidia/tensorrt, nvcr.io/nvidia/pytorch or nvcr.io/nvidia/tritonserver"
@@ -93,8 +94,9 @@ class PyTorchRunner(UNetRunner):
     """The model's own weights (.safetensors) run by PyTorch: the GPU fast path.
 
     With no export in between, the server can use what only live PyTorch offers: channels_last
-    convolutions, torch.compile's fused GroupNorm+SiLU kernels, the fp8 precision's Triton kernels,
-    and CUDA graphs captured around the whole denoising step (`stepper.Stepper`).
+    convolutions, layers rewritten for that memory (`fastpath`), torch.compile's fused kernels, the
+    Triton kernels of `ddpm_triton.kernels`, and CUDA graphs captured around the whole denoising step
+    (`stepper.Stepper`).
     """
 
     def __init__(self, path: Path, device: torch.device, precision: str, compile: bool) -> None:
@@ -106,6 +108,7 @@ class PyTorchRunner(UNetRunner):
 
         def prepare(precision: str) -> nn.Module:
             module = PrecisionWrapper(model, precision).to(device)
+            use_fast_layers(module.unet, triton_norm=device.type == "cuda" and module.dtype == torch.float16)
             if device.type == "cuda":
                 module = module.to(memory_format=torch.channels_last)
             return torch.compile(module, dynamic=False) if compile else module

@@ -1,0 +1,117 @@
+"""The live PyTorch path's U-Net layers, rewritten for channels_last memory: the same functions in fewer passes.
+
+Exports trace `unet.UNet` as it is written. The PyTorch runner, which is the server's GPU fast path,
+swaps these layers in (`use_fast_layers`). Each layer is checked against the layer it replaces in
+tests/test_fastpath.py, and its measured effect is in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .unet import SelfAttention, Upsample
+
+
+def tokens(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] as [B, H*W, C]: a view of channels_last memory (a copy of any other layout)."""
+    b, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+
+
+def feature_map(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[B, H*W, C] tokens as the [B, C, H, W] feature map whose channels_last memory they are."""
+    b, _, c = t.shape
+    return t.view(b, height, width, c).permute(0, 3, 1, 2)
+
+
+class TritonGroupNorm(nn.Module):
+    """An nn.GroupNorm, SiLU after it when `silu`, on fp16 channels_last activations through the
+    Triton kernel of `kernels.group_norm`, which reads that memory as it lies; FP8 out when `fp8_out`."""
+
+    def __init__(self, norm: nn.GroupNorm, silu: bool, fp8_out: bool) -> None:
+        super().__init__()
+        from .kernels.group_norm import group_norm  # imports triton: only where a GPU path asks for it
+
+        self.op = group_norm
+        self.groups, self.eps, self.silu, self.fp8_out = norm.num_groups, norm.eps, silu, fp8_out
+        self.register_buffer("weight", norm.weight.detach().float())
+        self.register_buffer("bias", norm.bias.detach().float())
+
+    def forward(self, x: torch.Tensor, tail: torch.Tensor | None = None, stats: torch.Tensor | None = None) -> torch.Tensor:
+        return self.op(x, tail, self.weight, self.bias, self.groups, self.eps, self.silu, self.fp8_out, stats)
+
+
+class TokenAttention(nn.Module):
+    """`unet.SelfAttention` with the pixels as tokens.
+
+    A channels_last feature map already is [B, HW, C] in memory. As tokens, the 1x1 projections are
+    plain matmuls, and q, k and v are strided views of one qkv tensor that SDPA reads in place. The
+    NCHW formulation has Inductor transpose q, k, v and the output instead, which was most of the
+    compiled attention block's time on the H100 (benchmarks/README.md).
+    """
+
+    def __init__(self, attention: SelfAttention, triton_norm: bool) -> None:
+        super().__init__()
+        self.heads = attention.heads
+        self.norm = TritonGroupNorm(attention.norm, silu=False, fp8_out=False) if triton_norm else attention.norm
+        self.register_buffer("qkv_weight", attention.qkv.weight.detach()[:, :, 0, 0])
+        self.register_buffer("qkv_bias", attention.qkv.bias.detach())
+        self.register_buffer("proj_weight", attention.proj.weight.detach()[:, :, 0, 0])
+        self.register_buffer("proj_bias", attention.proj.bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        qkv = F.linear(tokens(self.norm(x)), self.qkv_weight, self.qkv_bias)  # channels (q|k|v, head, head_dim)
+        q, k, v = qkv.view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+        return feature_map(tokens(x) + F.linear(out, self.proj_weight, self.proj_bias), h, w)
+
+
+# Which of a 3x3 kernel's rows (or columns) land on each row of the 2x2 kernel, for even and for odd
+# output rows: an even row 2i of the upsampled image sees input rows i-1, i, i through the 3x3 window,
+# an odd row 2i+1 sees i, i, i+1.
+_FOLD = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+class SubpixelUpsample(nn.Module):
+    """`unet.Upsample` (nearest x2, then a 3x3 convolution) as one 2x2 convolution at the input's resolution.
+
+    Through the upsampled image's 3x3 window each output pixel sees only 2x2 distinct input pixels,
+    so each of the four output phases (even or odd row, even or odd column) is a 2x2 convolution of
+    the input whose taps are sums of the 3x3 taps. One convolution computes all four phases as 4x the
+    output channels. It pads by one pixel, so each phase finds its window at its own offset. The
+    phases are then interleaved. That is 16 multiply-adds per 4 output pixels instead of 36, and the
+    upsampled copy is never written.
+    """
+
+    def __init__(self, upsample: Upsample) -> None:
+        super().__init__()
+        conv = upsample.conv
+        fold = torch.tensor(_FOLD, device=conv.weight.device)  # [phase, 2, 3]
+        weight = torch.einsum("prk,qsl,oikl->pqoirs", fold, fold, conv.weight.detach().float())
+        self.channels = conv.out_channels
+        self.register_buffer("weight", weight.reshape(4 * self.channels, conv.in_channels, 2, 2).to(conv.weight.dtype))
+        self.register_buffer("bias", conv.bias.detach().repeat(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        phases = F.conv2d(x, self.weight, self.bias, padding=1).view(b, 2, 2, self.channels, h + 1, w + 1)
+        rows = [torch.stack([phases[:, py, px, :, py : py + h, px : px + w] for px in (0, 1)], dim=-1) for py in (0, 1)]
+        out = torch.stack(rows, dim=3).reshape(b, self.channels, 2 * h, 2 * w)  # [B, C, H, row phase, W, column phase]
+        return out.contiguous(memory_format=torch.channels_last)
+
+
+def use_fast_layers(model: nn.Module, triton_norm: bool) -> nn.Module:
+    """Replace, in place, the U-Net's attention and upsampling layers with their rewrites; returns the model.
+
+    triton_norm: normalise attention inputs with the Triton GroupNorm (fp16 on a CUDA GPU).
+    """
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, SelfAttention):
+                setattr(parent, name, TokenAttention(child, triton_norm))
+            elif isinstance(child, Upsample):
+                setattr(parent, name, SubpixelUpsample(child))
+    return model
