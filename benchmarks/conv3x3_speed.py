@@ -1,0 +1,96 @@
+"""The FP8 3x3 convolution's two kernels at every ResBlock convolution of the CIFAR-10 U-Net, on a GPU.
+
+Per shape, one CUDA-graph replay (no launch overhead) of: the pointer kernel, the TMA kernel the
+package runs on Hopper, and the TMA kernel computing GroupNorm statistics in its epilogue (the first
+convolution of a block). Rows carry how many times the U-Net calls each shape, and the totals weight
+by them. Needs an sm_90 GPU.
+
+    python benchmarks/conv3x3_speed.py --batch 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+import triton
+
+from ddpm_triton.config import preset
+from ddpm_triton.kernels.conv3x3 import _blocks, _conv3x3_fp8_kernel, conv3x3_fp8, conv3x3_fp8_stats, pack_weight
+from ddpm_triton.provenance import stamp, write_result
+from ddpm_triton.unet import ResBlock, UNet
+from fp8_speed import graphed_ms
+
+
+def unet_shapes(name: str) -> collections.Counter[tuple[str, int, int, int]]:
+    """(conv1 or conv2, image size, C_in, C_out) of every ResBlock convolution, counted."""
+    u = preset(name).unet
+    model = UNet(u)
+    shapes: collections.Counter[tuple[str, int, int, int]] = collections.Counter()
+    for block in model.modules():
+        if isinstance(block, ResBlock):
+            for kind in ("conv1", "conv2"):
+                conv = getattr(block, kind)
+                conv.register_forward_hook(lambda m, args, out, kind=kind: shapes.update([(kind, args[0].shape[-1], m.in_channels, m.out_channels)]))
+    with torch.no_grad():
+        model(torch.randn(1, u.in_channels, u.image_size, u.image_size), torch.ones(1), torch.zeros(1, dtype=torch.long) if u.conditional else None)
+    return shapes
+
+
+def pointer_kernel(x, weight, scale, bias, row, residuals):  # type: ignore[no-untyped-def]
+    """conv3x3_fp8 through the pointer kernel, which the op runs only where TMA does not apply."""
+    n, c_in, h, w = x.shape
+    c_out = weight.shape[0]
+    block_n, block_k = _blocks(c_in, c_out)
+    out = torch.empty((n, c_out, h, w), dtype=torch.float16, device=x.device, memory_format=torch.channels_last)
+    res = (residuals + [out, out])[:2]
+    grid = (triton.cdiv(n * h * w, 128) * triton.cdiv(c_out, block_n),)
+    _conv3x3_fp8_kernel[grid](
+        x, weight, scale, bias, out if row is None else row, *res, out, n * h * w, h, w, c_in, c_out,
+        HAS_ROW=row is not None, RESIDUALS=len(residuals), EVEN_K=c_in % block_k == 0,
+        BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=3,
+    )  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="cifar10")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0):
+        sys.exit("conv3x3_speed.py compares the TMA kernel with the pointer kernel: it needs an sm_90 GPU")
+    record = {**stamp("cuda", shlex.join(["python", "benchmarks/conv3x3_speed.py", *sys.argv[1:]])), "batch": args.batch, "rows": []}
+    totals = collections.Counter()
+    for (kind, size, c_in, c_out), calls in sorted(unet_shapes(args.preset).items(), key=lambda kv: (-kv[0][1], kv[0])):
+        x = torch.randn(args.batch, c_in, size, size, device="cuda").contiguous(memory_format=torch.channels_last).to(torch.float8_e4m3fn)
+        weight, scale = pack_weight(torch.randn(c_out, c_in, 3, 3, device="cuda") / (9 * c_in) ** 0.5)
+        bias = torch.randn(c_out, device="cuda")
+        # What the U-Net passes: the time embedding to conv1, the skip connection to conv2.
+        row = torch.randn(args.batch, c_out, device="cuda").half() if kind == "conv1" else None
+        residuals = [] if kind == "conv1" else [torch.randn(args.batch, c_out, size, size, device="cuda").half().contiguous(memory_format=torch.channels_last)]
+        expected = pointer_kernel(x, weight, scale, bias, row, residuals).float()
+        out = conv3x3_fp8(x, weight, scale, bias, row, residuals).float()
+        row_record = {"kind": kind, "size": size, "c_in": c_in, "c_out": c_out, "calls": calls,
+                      "tma_vs_pointer_rel_err": ((out - expected).norm() / expected.norm()).item(),
+                      "pointer_ms": graphed_ms(lambda: pointer_kernel(x, weight, scale, bias, row, residuals), 50),
+                      "tma_ms": graphed_ms(lambda: conv3x3_fp8(x, weight, scale, bias, row, residuals), 50)}  # fmt: skip
+        if kind == "conv1":
+            row_record["tma_stats_ms"] = graphed_ms(lambda: conv3x3_fp8_stats(x, weight, scale, bias, row, residuals), 50)
+        row_record["tma_tflops"] = 2 * args.batch * size * size * c_in * c_out * 9 / row_record["tma_ms"] / 1e9
+        for variant in ("pointer", "tma", "tma_stats"):
+            totals[f"{variant}_ms"] += calls * row_record.get(f"{variant}_ms", row_record["tma_ms"])
+        record["rows"].append(row_record)
+        print(f"{kind} {size}x{size} {c_in}->{c_out} x{calls}: pointer {row_record['pointer_ms'] * 1e3:.1f} us, "
+              f"TMA {row_record['tma_ms'] * 1e3:.1f} us ({row_record['tma_tflops']:.0f} TFLOP/s)", flush=True)  # fmt: skip
+    record["per_unet_call"] = dict(totals)
+    print(f"per U-Net call: {dict(totals)}\nwrote {write_result(args.out, 'conv3x3-speed', record)}")
+
+
+if __name__ == "__main__":
+    main()
