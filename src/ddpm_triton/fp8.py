@@ -42,14 +42,18 @@ class Fp8Conv3x3(nn.Module):
     def forward(self, x: torch.Tensor, row: torch.Tensor | None = None, residuals: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         return conv3x3_fp8(x, self.weight, self.scale, self.bias, row, list(residuals))
 
+    def with_statistics(self, x: torch.Tensor, row: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output and its GroupNorm statistics (`conv3x3_fp8_stats`), where `fused_statistics(x)`."""
+        return conv3x3_fp8_stats(x, self.weight, self.scale, self.bias, row, [])
+
 
 class Fp8ResBlock(nn.Module):
     """`unet.ResBlock`'s function with FP8 convolutions and the additions moved into their epilogues.
 
     The skip connection's 1x1 convolution runs as matmuls over the pixels; their results and its
-    bias are added in the second convolution's epilogue. A decoder block's input comes in two parts (`tail`: the
-    encoder's skip connection), which the GroupNorm and the matmuls read where they lie, so the
-    concatenation is never written.
+    bias are added in the second convolution's epilogue. A decoder block's input comes in two parts
+    (`tail`: the encoder's skip connection), which the GroupNorm and the matmuls read where they
+    lie, so the concatenation is never written.
     """
 
     def __init__(self, block: ResBlock) -> None:
@@ -73,7 +77,7 @@ class Fp8ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor, tail: torch.Tensor | None = None) -> torch.Tensor:
         normed, row = self.norm1(x, tail), self.emb(F.silu(emb))
         if fused_statistics(normed):  # the first convolution's epilogue computes what norm2 needs
-            h, stats = conv3x3_fp8_stats(normed, self.conv1.weight, self.conv1.scale, self.conv1.bias, row, [])
+            h, stats = self.conv1.with_statistics(normed, row)
             normed = self.norm2(h, stats=stats)
         else:
             normed = self.norm2(self.conv1(normed, row=row))
