@@ -87,7 +87,8 @@ class TorchScriptRunner(UNetRunner):
 FP8_MIN_BATCH = 32
 """Below this many images per call an fp8 runner runs the fp16 U-Net instead: its kernels have too
 few programs to fill an H100 there. Compiled and CUDA-graphed, fp8 against fp16 per call measured
-0.64x at batch 2, 0.81x at 8, 1.13x at 32, 1.24x at 64 and 1.26x at 256 (benchmarks/README.md)."""
+0.64x at batch 2, 0.81x at 8, 1.13x at 32, 1.24x at 64 and 1.26x at 256; with the TMA convolutions
+and the fast layers, 0.92x at 16, 1.13x at 32 and 1.28x at 64 (benchmarks/README.md)."""
 
 
 class PyTorchRunner(UNetRunner):
