@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 
 import torch
-import triton
 
 from ddpm_triton.config import preset
-from ddpm_triton.kernels.conv3x3 import _blocks, _conv3x3_fp8_kernel, conv3x3_fp8, conv3x3_fp8_stats, pack_weight
+from ddpm_triton.kernels.conv3x3 import _launch, conv3x3_fp8, conv3x3_fp8_stats, pack_weight
 from ddpm_triton.provenance import stamp, write_result
 from ddpm_triton.unet import ResBlock, UNet
 from fp8_speed import graphed_ms
@@ -43,18 +42,7 @@ def unet_shapes(name: str) -> collections.Counter[tuple[str, int, int, int]]:
 
 def pointer_kernel(x, weight, scale, bias, row, residuals):  # type: ignore[no-untyped-def]
     """conv3x3_fp8 through the pointer kernel, which the op runs only where TMA does not apply."""
-    n, c_in, h, w = x.shape
-    c_out = weight.shape[0]
-    block_n, block_k = _blocks(c_in, c_out)
-    out = torch.empty((n, c_out, h, w), dtype=torch.float16, device=x.device, memory_format=torch.channels_last)
-    res = (residuals + [out, out])[:2]
-    grid = (triton.cdiv(n * h * w, 128) * triton.cdiv(c_out, block_n),)
-    _conv3x3_fp8_kernel[grid](
-        x, weight, scale, bias, out if row is None else row, *res, out, n * h * w, h, w, c_in, c_out,
-        HAS_ROW=row is not None, RESIDUALS=len(residuals), EVEN_K=c_in % block_k == 0,
-        BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=3,
-    )  # fmt: skip
-    return out
+    return _launch(x, weight, scale, bias, row, residuals, None, tma=False)
 
 
 def main() -> None:

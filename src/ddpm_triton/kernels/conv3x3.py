@@ -228,7 +228,11 @@ def _empty_statistics(x: Tensor, c_out: int) -> Tensor:
     return torch.empty((n, max(1, h * w // block_m), 2, c_out), dtype=torch.float32, device=x.device)
 
 
-def _launch(x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None, residuals: list[Tensor], stats: Tensor | None) -> Tensor:
+def _launch(
+    x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None, residuals: list[Tensor],
+    stats: Tensor | None, tma: bool = True,
+) -> Tensor:  # fmt: skip
+    """The ops' shared body; `tma=False` runs the pointer kernel where TMA applies too (benchmarks/conv3x3_speed.py)."""
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
     x = x.contiguous(memory_format=torch.channels_last)
@@ -241,7 +245,7 @@ def _launch(x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor 
     tail = (scale.float(), bias.float(), out if row is None else row, res, res2, out)
     sizes = (n * h * w, h, w, c_in, c_out)
     flags = {"HAS_ROW": row is not None, "RESIDUALS": len(residuals), "BLOCK_N": block_n, "BLOCK_K": block_k}
-    block_m = _tma_pixel_block(x)
+    block_m = _tma_pixel_block(x) if tma else None
     if block_m is None:
         grid = (triton.cdiv(n * h * w, 128) * triton.cdiv(c_out, block_n),)
         _conv3x3_fp8_kernel[grid](x, weight, *tail, *sizes, **flags, EVEN_K=c_in % block_k == 0, BLOCK_M=128, num_warps=4, num_stages=3)
