@@ -93,14 +93,19 @@ class SubpixelUpsample(nn.Module):
         weight = torch.einsum("prk,qsl,oikl->pqoirs", fold, fold, conv.weight.detach().float())
         self.channels = conv.out_channels
         self.register_buffer("weight", weight.reshape(4 * self.channels, conv.in_channels, 2, 2).to(conv.weight.dtype))
-        self.register_buffer("bias", conv.bias.detach().repeat(4))
+        self.register_buffer("bias", conv.bias.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
-        phases = F.conv2d(x, self.weight, self.bias, padding=1).view(b, 2, 2, self.channels, h + 1, w + 1)
-        rows = [torch.stack([phases[:, py, px, :, py : py + h, px : px + w] for px in (0, 1)], dim=-1) for py in (0, 1)]
-        out = torch.stack(rows, dim=3).reshape(b, self.channels, 2 * h, 2 * w)  # [B, C, H, row phase, W, column phase]
-        return out.contiguous(memory_format=torch.channels_last)
+        c = self.channels
+        phases = F.conv2d(x.contiguous(memory_format=torch.channels_last), self.weight, padding=1)
+        # The phases' channels_last memory is [B, H+1, W+1, (row phase, column phase, C)], and output
+        # pixel (2i + py, 2j + px) is phase (py, px) at (i + py, j + px): one strided view of it is the
+        # output's channels_last memory [B, H, py, W, px, C], which a single copy (with the bias) writes.
+        row, col = (w + 1) * 4 * c, 4 * c
+        interleaved = phases.as_strided((b, h, 2, w, 2, c), ((h + 1) * row, row, row + 2 * c, col, col + c, 1))
+        out = (interleaved + self.bias).reshape(b, 2 * h, 2 * w, c)
+        return out.permute(0, 3, 1, 2)
 
 
 def use_fast_layers(model: nn.Module, triton_norm: bool) -> nn.Module:

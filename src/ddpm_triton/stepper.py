@@ -120,6 +120,10 @@ class Stepper:
         # queued between steps (a quarter of the stepping thread's time with 64 clients on an H100).
         self._initial_noise = SeededNoise(image_shape)
         self.cuda_graphs = cuda_graphs
+        # Eager, the sampler update is some eighty kernels per step (the noise hash alone is sixty),
+        # 0.3-0.4 ms of a 1000-step DDPM step at batch 256 on an H100; compiled it is a few. One
+        # dynamic-shape compilation serves every bucket: the kernels are elementwise.
+        self._update = torch.compile(self._sampler_update, dynamic=True) if cuda_graphs else self._sampler_update
         self.run_ahead = run_ahead  # steps the host may queue ahead of the GPU
         self.buckets = buckets(max_batch)
         self._graphs: dict[StepKind, _Captured] = {}
@@ -204,11 +208,18 @@ class Stepper:
             eps = guide(*both.chunk(2), self.guidance[slots])
         else:
             eps = self.unet(x, t.float(), labels)
-        z = self.noise(self.seeds[slots], t + 1) if stochastic else None
-        x_prev, _ = self.diffusion.step(x, eps.to(x.dtype), t, t_prev, self.eta[slots], z)
+        x_prev = self._update(x, eps, t, t_prev, self.eta[slots], self.seeds[slots], stochastic)
         self.x.index_copy_(0, slots, x_prev)
         # Padding (the scratch slot) never moves along its schedule.
         self.position.index_copy_(0, slots, position + (slots != self.scratch).long())
+
+    def _sampler_update(
+        self, x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor, eta: torch.Tensor,
+        seeds: torch.Tensor, stochastic: bool,
+    ) -> torch.Tensor:  # fmt: skip
+        """x_{t_prev} of the selected images: the noise they draw at this step, then `Diffusion.step`."""
+        z = self.noise(seeds, t + 1) if stochastic else None
+        return self.diffusion.step(x, eps.to(x.dtype), t, t_prev, eta, z)[0]
 
     def _captured(self, kind: StepKind) -> _Captured:
         captured = self._graphs.get(kind)
