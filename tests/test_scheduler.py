@@ -430,3 +430,21 @@ def test_a_reused_slot_keeps_nothing_of_its_previous_image(model):
     scheduler.run_until_idle()
     reference = Pipeline(model, CONFIG).sample([7], 2, "ddim")  # no labels: unconditional, no guidance
     assert np.array_equal(images[1], reference)
+
+
+def test_the_compiled_sampler_update_is_the_eager_one():
+    """The GPU step path runs the sampler update through torch.compile (`Stepper._update`): the noise
+    hash must give the same integers there, and the update the same floats up to rounding."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    stepper = Stepper(lambda x, t, labels: x, Diffusion(CONFIG.diffusion, device), SHAPE, capacity=4,
+                      max_steps=CONFIG.diffusion.timesteps, null_label=None, device=device)  # fmt: skip
+    generator = torch.Generator().manual_seed(3)
+    x, eps = (torch.randn(5, *SHAPE, generator=generator).to(device) for _ in range(2))
+    t = torch.tensor([999, 500, 20, 1, 0], device=device)
+    t_prev = torch.tensor([998, 400, 10, 0, -1], device=device)
+    eta = torch.tensor([1.0, 1.0, 0.5, 0.0, 1.0], device=device)
+    seeds = torch.tensor([0, 1, 2**40 + 5, 7, 123456789], device=device)
+    compiled = torch.compile(stepper._sampler_update, dynamic=True)
+    for stochastic in (True, False):
+        expected = stepper._sampler_update(x, eps, t, t_prev, eta, seeds, stochastic)
+        torch.testing.assert_close(compiled(x, eps, t, t_prev, eta, seeds, stochastic), expected, rtol=1e-5, atol=1e-5)

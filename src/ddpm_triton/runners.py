@@ -120,6 +120,10 @@ class PyTorchRunner(UNetRunner):
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         large = inputs[INPUT_X].shape[0] >= FP8_MIN_BATCH
+        if self.device.type == "cuda":
+            # The layers run channels_last. Given NCHW images, the compiled U-Net transposes them on
+            # its own; transposing first measured 0.09 ms faster per batch-256 call on the H100.
+            inputs[INPUT_X] = inputs[INPUT_X].contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             return (self.module if large else self.small_batch_module)(*inputs.values())
 
