@@ -191,11 +191,16 @@ class Stepper:
             self._bound_run_ahead()
 
     def warm_up(self, guided: bool, stochastic: bool) -> None:
-        """Capture the graphs of every bucket now rather than in the first requests' path."""
+        """Capture the graphs of every bucket now rather than in the first requests' path, and compile
+        the sampler update of both samplers: a later capture of the other kind then takes milliseconds,
+        not a compilation inside a request."""
         if self.cuda_graphs:
             with torch.inference_mode():
                 for size in self.buckets:
                     self._captured(StepKind(size, guided, stochastic))
+                scratch = torch.full((2,), self.scratch, dtype=torch.int64, device=self.device)
+                x, t = self.x[scratch], self.schedule[scratch, 0]
+                self._update(x, x, t, self.schedule[scratch, 1], self.eta[scratch], self.seeds[scratch], not stochastic)
 
     def _step(self, slots: torch.Tensor, guided: bool, stochastic: bool) -> None:
         position = self.position[slots]
