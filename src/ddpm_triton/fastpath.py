@@ -98,7 +98,7 @@ class SubpixelUpsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         c = self.channels
-        phases = F.conv2d(x.contiguous(memory_format=torch.channels_last), self.weight, padding=1)
+        phases = F.conv2d(x, self.weight, padding=1).contiguous(memory_format=torch.channels_last)  # a no-op on the GPU path
         # The phases' channels_last memory is [B, H+1, W+1, (row phase, column phase, C)], and output
         # pixel (2i + py, 2j + px) is phase (py, px) at (i + py, j + px): one strided view of it is the
         # output's channels_last memory [B, H, py, W, px, C], which a single copy (with the bias) writes.
