@@ -1,9 +1,9 @@
 """The sampler update of one denoising step on a GPU, eager against compiled, as the step graph runs it.
 
 After the U-Net, a step draws the images' noise (a counter hash: `noise.SeededNoise`) and applies
-`Diffusion.step`. Eager that is some eighty small kernels; `stepper.Stepper` compiles it on the GPU
-path. Each row times one CUDA-graph replay of the update alone (`Stepper._sampler_update`) for a
-batch of CIFAR-10-sized images, with noise (DDPM) and without (DDIM).
+`Diffusion.step`. Eager that is some eighty small kernels; on the GPU path `stepper.Stepper`
+compiles it (`stepper.compile_update`). Each row times one CUDA-graph replay of the update alone
+(`Stepper.sampler_update`) for a batch of CIFAR-10-sized images, with noise (DDPM) and without (DDIM).
 
     python benchmarks/sampler_update.py --batches 2,64,256
 """
@@ -20,7 +20,7 @@ import torch
 from ddpm_triton.config import preset
 from ddpm_triton.diffusion import Diffusion
 from ddpm_triton.provenance import stamp, write_result
-from ddpm_triton.stepper import Stepper
+from ddpm_triton.stepper import Stepper, compile_update
 from fp8_speed import graphed_ms
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     shape = (config.unet.in_channels, config.unet.image_size, config.unet.image_size)
     stepper = Stepper(lambda x, t, labels: x, Diffusion(config.diffusion, device), shape, capacity=1, max_steps=1,
                       null_label=None, device=device)  # fmt: skip
-    variants = {"eager": stepper._sampler_update, "compiled": torch.compile(stepper._sampler_update, dynamic=True)}
+    variants = {"eager": stepper.sampler_update, "compiled": compile_update(stepper.sampler_update)}
     record = {**stamp("cuda", shlex.join(["python", "benchmarks/sampler_update.py", *sys.argv[1:]])), "rows": []}
     for batch in (int(b) for b in args.batches.split(",")):
         x, eps = torch.randn(batch, *shape, device=device), torch.randn(batch, *shape, device=device)

@@ -27,7 +27,7 @@ from ddpm_triton.config import preset
 from ddpm_triton.diffusion import Diffusion
 from ddpm_triton.pipeline import Pipeline
 from ddpm_triton.scheduler import Busy, ImageOptions, Job, StepScheduler
-from ddpm_triton.stepper import Stepper, buckets
+from ddpm_triton.stepper import Stepper, buckets, compile_update
 from ddpm_triton.unet import UNet
 
 CONFIG = preset("tiny")
@@ -433,7 +433,7 @@ def test_a_reused_slot_keeps_nothing_of_its_previous_image(model):
 
 
 def test_the_compiled_sampler_update_is_the_eager_one():
-    """The GPU step path runs the sampler update through torch.compile (`Stepper._update`): the noise
+    """The GPU step path runs the sampler update through torch.compile (`compile_update`): the noise
     hash must give the same integers there, and the update the same floats up to rounding."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     stepper = Stepper(lambda x, t, labels: x, Diffusion(CONFIG.diffusion, device), SHAPE, capacity=4,
@@ -444,7 +444,7 @@ def test_the_compiled_sampler_update_is_the_eager_one():
     t_prev = torch.tensor([998, 400, 10, 0, -1], device=device)
     eta = torch.tensor([1.0, 1.0, 0.5, 0.0, 1.0], device=device)
     seeds = torch.tensor([0, 1, 2**40 + 5, 7, 123456789], device=device)
-    compiled = torch.compile(stepper._sampler_update, dynamic=True)
+    compiled = compile_update(stepper.sampler_update)
     for stochastic in (True, False):
-        expected = stepper._sampler_update(x, eps, t, t_prev, eta, seeds, stochastic)
+        expected = stepper.sampler_update(x, eps, t, t_prev, eta, seeds, stochastic)
         torch.testing.assert_close(compiled(x, eps, t, t_prev, eta, seeds, stochastic), expected, rtol=1e-5, atol=1e-5)

@@ -58,6 +58,16 @@ def buckets(max_size: int) -> list[int]:
     return [*sizes, max(max_size, 2)]
 
 
+def compile_update(update: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`Stepper.sampler_update` as the GPU step path runs it.
+
+    Eager, the update is some eighty kernels per step (the noise hash alone is sixty): 0.31 ms of a
+    DDPM step at batch 256 on an H100, 0.04 compiled (benchmarks/sampler_update.py). One
+    dynamic-shape compilation serves every bucket: the kernels are elementwise.
+    """
+    return torch.compile(update, dynamic=True)
+
+
 @functools.lru_cache(maxsize=None)
 def _schedule(num_train_steps: int, steps: int) -> np.ndarray:
     """`timesteps` of one step count, computed once per process: requests ask for few distinct counts."""
@@ -120,10 +130,7 @@ class Stepper:
         # queued between steps (a quarter of the stepping thread's time with 64 clients on an H100).
         self._initial_noise = SeededNoise(image_shape)
         self.cuda_graphs = cuda_graphs
-        # Eager, the sampler update is some eighty kernels per step (the noise hash alone is sixty):
-        # 0.31 ms of a DDPM step at batch 256 on an H100, 0.04 compiled (benchmarks/sampler_update.py).
-        # One dynamic-shape compilation serves every bucket: the kernels are elementwise.
-        self._update = torch.compile(self._sampler_update, dynamic=True) if cuda_graphs else self._sampler_update
+        self._update = compile_update(self.sampler_update) if cuda_graphs else self.sampler_update
         self.run_ahead = run_ahead  # steps the host may queue ahead of the GPU
         self.buckets = buckets(max_batch)
         self._graphs: dict[StepKind, _Captured] = {}
@@ -218,7 +225,7 @@ class Stepper:
         # Padding (the scratch slot) never moves along its schedule.
         self.position.index_copy_(0, slots, position + (slots != self.scratch).long())
 
-    def _sampler_update(
+    def sampler_update(
         self, x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor, eta: torch.Tensor,
         seeds: torch.Tensor, stochastic: bool,
     ) -> torch.Tensor:  # fmt: skip
