@@ -142,22 +142,47 @@ def test_conv3x3_fp8_matches_conv2d_of_the_same_fp8_values(n: int, c_in: int, c_
     weight = torch.randn(c_out, c_in, 3, 3, generator=g) / (9 * c_in) ** 0.5
     bias = torch.randn(c_out, generator=g).to(DEVICE)
     row = torch.randn(n, c_out, generator=g).half().to(DEVICE)
-    residuals = [channels_last(n, c_out, h, w, generator=g) for _ in range(2)]
+    residual = channels_last(n, c_out, h, w, generator=g)
     packed, scale = pack_weight(weight.to(DEVICE))
     dequantised = (packed.float() * scale[:, None]).reshape(c_out, 3, 3, c_in).permute(0, 3, 1, 2)
 
     expected = F.conv2d(x.double(), dequantised.double(), bias.double(), padding=1)
-    out = conv3x3_fp8(x, packed, scale, bias, None, [])
+    out = conv3x3_fp8(x, packed, scale, bias, None, None, [], None)
     assert out.dtype == torch.float16 and out.is_contiguous(memory_format=torch.channels_last)
     assert relative_error(out, expected) < 2e-3  # fp32 accumulation of exact products, one fp16 rounding
 
-    expected = expected + row.double()[:, :, None, None] + residuals[0].double()
-    assert relative_error(conv3x3_fp8(x, packed, scale, bias, row, residuals[:1]), expected) < 2e-3
-    expected = expected + residuals[1].double()
-    assert relative_error(conv3x3_fp8(x, packed, scale, bias, row, residuals), expected) < 2e-3
+    expected = expected + row.double()[:, :, None, None] + residual.double()
+    assert relative_error(conv3x3_fp8(x, packed, scale, bias, row, residual, [], None), expected) < 2e-3
 
     # Against the fp32 weights the error is FP8's rounding of them: a few percent.
     assert relative_error(out, F.conv2d(x.double(), weight.double().to(DEVICE), bias.double(), padding=1)) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("n", "parts", "c_out", "hw", "tma"),
+    [
+        (2, (24,), 32, 5, False),  # one part, not a power of two: the pointer kernel's channel masks
+        (1, (40, 12), 48, 6, False),  # a decoder's two parts, neither a multiple of the 64-channel K chunk
+        (3, (64,), 32, 4, True),  # several images per pixel block
+        (2, (48, 80), 32, 8, True),  # a head chunk running past its part into the tail's weights
+        (1, (32, 32), 16, 16, True),  # two blocks per image
+    ],
+)
+def test_conv3x3_fp8_adds_a_skip_projection_in_its_accumulator(n: int, parts: tuple[int, ...], c_out: int, hw: int, tma: bool) -> None:
+    """conv2 of a ResBlock whose skip connection is a 1x1 convolution of its (possibly two-part) input."""
+    g = torch.Generator().manual_seed(sum(parts) + hw)
+    x = channels_last(n, 32, hw, hw, generator=g).to(torch.float8_e4m3fn)
+    assert (_tma_pixel_block(x) is not None) == tma
+    packed, scale = pack_weight(torch.randn(c_out, 32, 3, 3, generator=g).to(DEVICE) / 17)
+    bias = torch.randn(c_out, generator=g).to(DEVICE)
+    inputs = [channels_last(n, c, hw, hw, generator=g) for c in parts]
+    skip_weight = (torch.randn(c_out, sum(parts), generator=g) / sum(parts) ** 0.5).half().to(DEVICE)
+    dequantised = (packed.float() * scale[:, None]).reshape(c_out, 3, 3, 32).permute(0, 3, 1, 2)
+
+    expected = F.conv2d(x.double(), dequantised.double(), bias.double(), padding=1)
+    expected = expected + F.conv2d(torch.cat(inputs, 1).double(), skip_weight.double()[:, :, None, None])
+    out = conv3x3_fp8(x, packed, scale, bias, None, None, inputs, skip_weight)
+    assert relative_error(out, expected) < 2e-3
 
 
 @pytest.mark.parametrize(("n", "hw", "blocks"), [(2, 16, 2), (5, 4, 1)])  # two blocks per image; four images per block
@@ -169,8 +194,8 @@ def test_conv3x3_fp8_stats_feed_group_norm(n: int, hw: int, blocks: int) -> None
     packed, scale = pack_weight(torch.randn(64, 32, 3, 3, generator=g).to(DEVICE) / 17)
     bias = (torch.randn(64, generator=g) + 2.0).to(DEVICE)  # channel means well away from zero
     row = torch.randn(n, 64, generator=g).half().to(DEVICE)
-    out, stats = conv3x3_fp8_stats(x, packed, scale, bias, row, [])
-    assert torch.equal(out, conv3x3_fp8(x, packed, scale, bias, row, []))
+    out, stats = conv3x3_fp8_stats(x, packed, scale, bias, row)
+    assert torch.equal(out, conv3x3_fp8(x, packed, scale, bias, row, None, [], None))
     assert stats.shape == (n, blocks, 2, 64) and stats.dtype == torch.float32
 
     pixels = out.float().permute(0, 2, 3, 1).reshape(n, blocks, -1, 64)  # each block's pixels, in image order
@@ -184,18 +209,27 @@ def test_conv3x3_fp8_stats_feed_group_norm(n: int, hw: int, blocks: int) -> None
         group_norm(out[:, :32].contiguous(memory_format=torch.channels_last), None, weight[:32], norm_bias[:32], 8, 1e-5, True, False, stats)
     odd = channels_last(1, 32, 5, 5, generator=g).to(torch.float8_e4m3fn)
     with pytest.raises(ValueError, match="needs the TMA kernel"):
-        conv3x3_fp8_stats(odd, packed, scale, bias, None, [])
+        conv3x3_fp8_stats(odd, packed, scale, bias, None)
 
 
 def test_conv3x3_fp8_names_what_is_wrong() -> None:
     x = torch.zeros(1, 16, 4, 4, device=DEVICE).to(torch.float8_e4m3fn)
     packed, scale = pack_weight(torch.randn(8, 16, 3, 3, device=DEVICE))
+    skip = torch.zeros(1, 24, 4, 4, device=DEVICE, dtype=torch.float16)
     with pytest.raises(ValueError, match="float8_e4m3fn input"):
-        conv3x3_fp8(x.half(), packed, scale, scale, None, [])
+        conv3x3_fp8(x.half(), packed, scale, scale, None, None, [], None)
     with pytest.raises(ValueError, match="not pack_weight"):
-        conv3x3_fp8(x[:, :8], packed, scale, scale, None, [])
-    with pytest.raises(ValueError, match="at most 2 residuals"):
-        conv3x3_fp8(x, packed, scale, scale, None, [x.half()[:, :8]] * 3)
+        conv3x3_fp8(x[:, :8], packed, scale, scale, None, None, [], None)
+    with pytest.raises(ValueError, match="residual .* is not the output's shape"):
+        conv3x3_fp8(x, packed, scale, scale, None, x.half(), [], None)
+    with pytest.raises(ValueError, match="1 or 2 input parts and its weight together"):
+        conv3x3_fp8(x, packed, scale, scale, None, None, [skip], None)
+    with pytest.raises(ValueError, match="1 or 2 input parts"):
+        conv3x3_fp8(x, packed, scale, scale, None, None, [skip] * 3, torch.zeros(8, 72, dtype=torch.float16, device=DEVICE))
+    with pytest.raises(ValueError, match=r"a skip input must be float16 \[1, C, 4, 4\]"):
+        conv3x3_fp8(x, packed, scale, scale, None, None, [skip[:, :, :2]], torch.zeros(8, 24, dtype=torch.float16, device=DEVICE))
+    with pytest.raises(ValueError, match=r"the skip weight must be float16 \[8, 24\]"):
+        conv3x3_fp8(x, packed, scale, scale, None, None, [skip], torch.zeros(8, 16, dtype=torch.float16, device=DEVICE))
     with pytest.raises(ValueError, match=r"\[C_out, C_in, 3, 3\]"):
         pack_weight(torch.randn(8, 16, 1, 1))
 
@@ -209,9 +243,11 @@ def test_fake_implementations_agree_with_the_kernels() -> None:
     halves = (x[:, :16].contiguous(memory_format=torch.channels_last), x[:, 16:].contiguous(memory_format=torch.channels_last))
     torch.library.opcheck(group_norm, (*halves, weight, bias, 8, 1e-5, False, False, None), test_utils="test_faketensor")
     packed, scale = pack_weight(torch.randn(16, 32, 3, 3, generator=g).to(DEVICE))
-    args = (x.to(torch.float8_e4m3fn), packed, scale, torch.zeros(16, device=DEVICE), None, [channels_last(2, 16, 4, 4, generator=g)])
-    torch.library.opcheck(conv3x3_fp8, args, test_utils="test_faketensor")
+    args = (x.to(torch.float8_e4m3fn), packed, scale, torch.zeros(16, device=DEVICE), None)
     torch.library.opcheck(conv3x3_fp8_stats, args, test_utils="test_faketensor")
+    skip = [x[:, :8].contiguous(memory_format=torch.channels_last), x[:, 8:]]
+    skip_weight = torch.randn(16, 32, generator=g).half().to(DEVICE)
+    torch.library.opcheck(conv3x3_fp8, (*args, channels_last(2, 16, 4, 4, generator=g), skip, skip_weight), test_utils="test_faketensor")
 
 
 def test_fp8_unet_predicts_the_fp32_unets_noise() -> None:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels.conv3x3 import conv3x3_fp8, conv3x3_fp8_stats, fused_statistics, pack_weight
-from .fastpath import TritonGroupNorm, feature_map, tokens
+from .fastpath import TritonGroupNorm
 from .unet import ResBlock
 
 MIN_CAPABILITY = (8, 9)  # FP8 tensor-core instructions: Ada and Hopper onwards
@@ -39,21 +39,24 @@ class Fp8Conv3x3(nn.Module):
         self.register_buffer("scale", scale)
         self.register_buffer("bias", conv.bias.detach().float())
 
-    def forward(self, x: torch.Tensor, row: torch.Tensor | None = None, residuals: Sequence[torch.Tensor] = ()) -> torch.Tensor:
-        return conv3x3_fp8(x, self.weight, self.scale, self.bias, row, list(residuals))
+    def forward(
+        self, x: torch.Tensor, row: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+        skip_inputs: Sequence[torch.Tensor] = (), skip_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        return conv3x3_fp8(x, self.weight, self.scale, self.bias, row, residual, list(skip_inputs), skip_weight)
 
     def with_statistics(self, x: torch.Tensor, row: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The output and its GroupNorm statistics (`conv3x3_fp8_stats`), where `fused_statistics(x)`."""
-        return conv3x3_fp8_stats(x, self.weight, self.scale, self.bias, row, [])
+        return conv3x3_fp8_stats(x, self.weight, self.scale, self.bias, row)
 
 
 class Fp8ResBlock(nn.Module):
     """`unet.ResBlock`'s function with FP8 convolutions and the additions moved into their epilogues.
 
-    The skip connection's 1x1 convolution runs as matmuls over the pixels; their results and its
-    bias are added in the second convolution's epilogue. A decoder block's input comes in two parts
-    (`tail`: the encoder's skip connection), which the GroupNorm and the matmuls read where they
-    lie, so the concatenation is never written.
+    A 1x1 skip projection runs inside the second convolution, as more K steps of its accumulator
+    (`conv3x3_fp8`'s skip inputs); its bias is folded into that convolution's. A decoder block's
+    input comes in two parts (`tail`: the encoder's skip connection), which the GroupNorm and the
+    projection read where they lie, so the concatenation is never written.
     """
 
     def __init__(self, block: ResBlock) -> None:
@@ -62,17 +65,9 @@ class Fp8ResBlock(nn.Module):
         self.norm2, self.conv2 = TritonGroupNorm(block.norm2, silu=True, fp8_out=True), Fp8Conv3x3(block.conv2)
         self.emb = block.emb
         projects = isinstance(block.skip, nn.Conv2d)  # else the skip connection is the identity
-        self.register_buffer("skip_weight", block.skip.weight.detach()[:, :, 0, 0] if projects else None)
+        self.register_buffer("skip_weight", block.skip.weight.detach()[:, :, 0, 0].contiguous() if projects else None)
         if projects:
             self.conv2.bias += block.skip.bias.detach().float()
-
-    def shortcut(self, x: torch.Tensor, tail: torch.Tensor | None) -> list[torch.Tensor]:
-        """The skip connection, as the terms the second convolution's epilogue adds up."""
-        if self.skip_weight is None:
-            return [x] if tail is None else [torch.cat([x, tail], dim=1)]
-        head = x.shape[1]
-        parts = [(x, self.skip_weight[:, :head])] + ([] if tail is None else [(tail, self.skip_weight[:, head:])])
-        return [feature_map(tokens(part) @ weight.t(), *part.shape[2:]) for part, weight in parts]
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, tail: torch.Tensor | None = None) -> torch.Tensor:
         normed, row = self.norm1(x, tail), self.emb(F.silu(emb))
@@ -81,7 +76,9 @@ class Fp8ResBlock(nn.Module):
             normed = self.norm2(h, stats=stats)
         else:
             normed = self.norm2(self.conv1(normed, row=row))
-        return self.conv2(normed, residuals=self.shortcut(x, tail))
+        if self.skip_weight is not None:
+            return self.conv2(normed, skip_inputs=[x] if tail is None else [x, tail], skip_weight=self.skip_weight)
+        return self.conv2(normed, residual=x if tail is None else torch.cat([x, tail], dim=1))
 
 
 def use_fp8_resblocks(model: nn.Module) -> nn.Module:

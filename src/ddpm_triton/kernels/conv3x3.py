@@ -4,7 +4,12 @@ The GEMM is [pixels, 9 * C_in] x [9 * C_in, C_out]: each K step loads one tap's 
 shifted input rows (zeros outside the image) and one chunk of the weights packed tap-major, and
 multiplies them in FP8 with fp32 accumulation. The epilogue does what would otherwise be separate
 elementwise passes over the fp16 output: the per-channel weight scales, the bias, a per-sample
-channel vector (the ResBlock's time embedding) and up to two residual tensors.
+channel vector (the ResBlock's time embedding) and a residual tensor.
+
+A ResBlock whose skip connection is a 1x1 convolution adds it in the same accumulator: after the
+3x3 taps, more K steps multiply the block's fp16 input (in one or two channel parts, where a
+decoder block's input is its features and the encoder's skip connection) by the fp16 1x1 weights.
+Run as separate matmuls, the projection's output was written and read back by the epilogue.
 
 Two kernels share that epilogue. On Hopper the input tiles come through tensor descriptors: a
 pixel block is whole image rows, so each tap's tile is one box of the NHWC tensor, and the copy
@@ -27,27 +32,46 @@ FP8_MAX = 448.0
 
 
 @triton.jit
-def _epilogue(acc, pixel, co, N_PIX, HW, C_OUT, w_scale_ptr, bias_ptr, row_ptr, res_ptr, res2_ptr, out_ptr,
-              HAS_ROW: tl.constexpr, RESIDUALS: tl.constexpr):  # fmt: skip
-    """out[pixel, co] = acc * scale + bias [+ row of the pixel's sample] [+ residuals], stored as fp16;
-    returns the stored values."""
+def _epilogue(acc, pixel, co, N_PIX, HW, C_OUT, bias_ptr, row_ptr, res_ptr, out_ptr, HAS_ROW: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """out[pixel, co] = acc + bias [+ row of the pixel's sample] [+ residual], stored as fp16; returns
+    the stored values. acc is already in output units (the weight scales applied)."""
     m_mask = pixel < N_PIX
     n_mask = co < C_OUT
     pixel64 = pixel.to(tl.int64)
-    acc *= tl.load(w_scale_ptr + co, mask=n_mask, other=0.0)[None, :]
     acc += tl.load(bias_ptr + co, mask=n_mask, other=0.0)[None, :]
     out_mask = m_mask[:, None] & n_mask[None, :]
     if HAS_ROW:
         sample = pixel64 // HW
         acc += tl.load(row_ptr + sample[:, None] * C_OUT + co[None, :], mask=out_mask, other=0.0).to(tl.float32)
     where = pixel64[:, None] * C_OUT + co[None, :]
-    if RESIDUALS >= 1:
+    if HAS_RESIDUAL:
         acc += tl.load(res_ptr + where, mask=out_mask, other=0.0).to(tl.float32)
-    if RESIDUALS >= 2:
-        acc += tl.load(res2_ptr + where, mask=out_mask, other=0.0).to(tl.float32)
     out = acc.to(tl.float16)
     tl.store(out_ptr + where, out, mask=out_mask)
     return out.to(tl.float32)
+
+
+@triton.jit
+def _projection(acc, x_ptr, w_ptr, pixel64, m_mask, co, n_mask, k0, C, W_STRIDE, BLOCK_K: tl.constexpr):
+    """acc + x[pixel, :C] @ w[co, k0:k0 + C].T, both fp16: one part of the skip connection's 1x1 convolution."""
+    k = tl.arange(0, BLOCK_K)
+    for c0 in range(0, C, BLOCK_K):
+        c = c0 + k
+        a = tl.load(x_ptr + pixel64[:, None] * C + c[None, :], mask=m_mask[:, None] & (c < C)[None, :], other=0.0)
+        b = tl.load(w_ptr + co[None, :].to(tl.int64) * W_STRIDE + (k0 + c)[:, None], mask=(c < C)[:, None] & n_mask[None, :], other=0.0)
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def _tma_projection(acc, x_desc, w_desc, n0, h0, co0, k0, C, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """`_projection` through tensor descriptors. Channels past C read zeros from x (the copy engine's
+    fill), so what they meet in w, the next part's weights, adds nothing."""
+    for c0 in range(0, C, BLOCK_K):
+        a = x_desc.load([n0, h0, 0, c0]).reshape(BLOCK_M, BLOCK_K)
+        b = w_desc.load([co0, k0 + c0])
+        acc = tl.dot(a, b.T, acc)
+    return acc
 
 
 @triton.jit
@@ -57,16 +81,22 @@ def _conv3x3_fp8_kernel(
     w_scale_ptr,  # [C_OUT] fp32
     bias_ptr,  # [C_OUT] fp32
     row_ptr,  # [N, C_OUT] fp16, added to every pixel of sample n (HAS_ROW)
-    res_ptr,  # [N, H, W, C_OUT] fp16 (RESIDUALS >= 1)
-    res2_ptr,  # [N, H, W, C_OUT] fp16 (RESIDUALS == 2)
+    res_ptr,  # [N, H, W, C_OUT] fp16 (HAS_RESIDUAL)
+    skip_ptr,  # [N, H, W, C_SKIP] fp16: the 1x1 projection's input (SKIPS >= 1)
+    skip2_ptr,  # [N, H, W, C_SKIP2] fp16: its second channel part (SKIPS == 2)
+    skip_w_ptr,  # [C_OUT, C_SKIP + C_SKIP2] fp16 (SKIPS >= 1)
     out_ptr,  # [N, H, W, C_OUT] fp16
     N_PIX,
     H,
     W,
     C_IN,
     C_OUT,
+    C_SKIP,
+    C_SKIP2,
     HAS_ROW: tl.constexpr,
-    RESIDUALS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    SKIPS: tl.constexpr,
+    SKIP_K: tl.constexpr,
     EVEN_K: tl.constexpr,  # C_IN % BLOCK_K == 0: no channel mask in the loop
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -107,22 +137,34 @@ def _conv3x3_fp8_kernel(
         b_ptrs = w_ptr + co[None, :].to(tl.int64) * (9 * C_IN) + (tap * C_IN + ci)[:, None]
         b = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = tl.dot(a, b, acc)
-    _epilogue(acc, pixel, co, N_PIX, H * W, C_OUT, w_scale_ptr, bias_ptr, row_ptr, res_ptr, res2_ptr, out_ptr, HAS_ROW, RESIDUALS)
+    acc *= tl.load(w_scale_ptr + co, mask=n_mask, other=0.0)[None, :]
+    if SKIPS >= 1:
+        acc = _projection(acc, skip_ptr, skip_w_ptr, pixel64, m_mask, co, n_mask, 0, C_SKIP, C_SKIP + C_SKIP2, SKIP_K)
+    if SKIPS == 2:
+        acc = _projection(acc, skip2_ptr, skip_w_ptr, pixel64, m_mask, co, n_mask, C_SKIP, C_SKIP2, C_SKIP + C_SKIP2, SKIP_K)
+    _epilogue(acc, pixel, co, N_PIX, H * W, C_OUT, bias_ptr, row_ptr, res_ptr, out_ptr, HAS_ROW, HAS_RESIDUAL)
 
 
 @triton.jit
 def _conv3x3_fp8_tma_kernel(
     x_desc,  # [N, H, W, C_IN] float8_e4m3fn, blocks [IMAGES, ROWS, W, BLOCK_K]
     w_desc,  # [C_OUT, 9 * C_IN] float8_e4m3fn, blocks [BLOCK_N, BLOCK_K]
-    w_scale_ptr, bias_ptr, row_ptr, res_ptr, res2_ptr, out_ptr,  # as in _conv3x3_fp8_kernel
+    skip_desc,  # [N, H, W, C_SKIP] fp16, blocks [IMAGES, ROWS, W, SKIP_K] (SKIPS >= 1)
+    skip2_desc,  # [N, H, W, C_SKIP2] fp16, the same blocks (SKIPS == 2)
+    skip_w_desc,  # [C_OUT, C_SKIP + C_SKIP2] fp16, blocks [BLOCK_N, SKIP_K] (SKIPS >= 1)
+    w_scale_ptr, bias_ptr, row_ptr, res_ptr, out_ptr,  # as in _conv3x3_fp8_kernel
     stats_ptr,  # [N, H // ROWS, 2, C_OUT] fp32: each block's per-channel mean and squared deviations (STATS)
     N_PIX,
     H,
     W: tl.constexpr,
     C_IN,
     C_OUT,
+    C_SKIP,
+    C_SKIP2,
     HAS_ROW: tl.constexpr,
-    RESIDUALS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    SKIPS: tl.constexpr,
+    SKIP_K: tl.constexpr,
     IMAGES: tl.constexpr,  # whole images per pixel block (1 when a block is part of an image)
     ROWS: tl.constexpr,  # image rows per pixel block
     BLOCK_N: tl.constexpr,
@@ -152,7 +194,12 @@ def _conv3x3_fp8_tma_kernel(
         acc = tl.dot(a, b.T, acc)
     pixel = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     co = co0 + tl.arange(0, BLOCK_N)
-    out = _epilogue(acc, pixel, co, N_PIX, H * W, C_OUT, w_scale_ptr, bias_ptr, row_ptr, res_ptr, res2_ptr, out_ptr, HAS_ROW, RESIDUALS)
+    acc *= tl.load(w_scale_ptr + co, mask=co < C_OUT, other=0.0)[None, :]
+    if SKIPS >= 1:
+        acc = _tma_projection(acc, skip_desc, skip_w_desc, n0, h0, co0, 0, C_SKIP, BLOCK_M, SKIP_K)
+    if SKIPS == 2:
+        acc = _tma_projection(acc, skip2_desc, skip_w_desc, n0, h0, co0, C_SKIP, C_SKIP2, BLOCK_M, SKIP_K)
+    out = _epilogue(acc, pixel, co, N_PIX, H * W, C_OUT, bias_ptr, row_ptr, res_ptr, out_ptr, HAS_ROW, HAS_RESIDUAL)
     if STATS:
         # Each image's share of the block, per channel: the mean and the squared deviations from it,
         # which the next GroupNorm combines (Chan et al.) instead of reading the output once more.
@@ -198,16 +245,27 @@ def _tma_pixel_block(x: Tensor) -> int | None:
     return block_m if hopper and powers_of_two and c_in % 16 == 0 and w <= block_m else None
 
 
-def _check(x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, residuals: list[Tensor]) -> None:
+def _check(
+    x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, residual: Tensor | None, skip_inputs: list[Tensor], skip_weight: Tensor | None
+) -> None:  # fmt: skip
     if x.dim() != 4 or x.dtype != torch.float8_e4m3fn:
         raise ValueError(f"conv3x3_fp8 takes a 4-d float8_e4m3fn input, not {x.dtype} of shape {tuple(x.shape)}")
+    n, c_in, h, w = x.shape
     c_out = weight.shape[0]
-    if weight.dtype != torch.float8_e4m3fn or weight.shape != (c_out, 9 * x.shape[1]):
-        raise ValueError(f"weight {weight.dtype} {tuple(weight.shape)} is not pack_weight()'s for {x.shape[1]} input channels")
+    if weight.dtype != torch.float8_e4m3fn or weight.shape != (c_out, 9 * c_in):
+        raise ValueError(f"weight {weight.dtype} {tuple(weight.shape)} is not pack_weight()'s for {c_in} input channels")
     if scale.shape != (c_out,) or bias.shape != (c_out,):
         raise ValueError(f"scale {tuple(scale.shape)} and bias {tuple(bias.shape)} must both be [{c_out}]")
-    if len(residuals) > 2:
-        raise ValueError(f"conv3x3_fp8 adds at most 2 residuals, not {len(residuals)}")
+    if residual is not None and residual.shape != (n, c_out, h, w):
+        raise ValueError(f"the residual {tuple(residual.shape)} is not the output's shape {(n, c_out, h, w)}")
+    if len(skip_inputs) > 2 or (skip_weight is None) != (not skip_inputs):
+        raise ValueError(f"the skip projection takes 1 or 2 input parts and its weight together, not {len(skip_inputs)} parts and {skip_weight is not None}")
+    for part in skip_inputs:
+        if part.dim() != 4 or part.dtype != torch.float16 or (part.shape[0], *part.shape[2:]) != (n, h, w):
+            raise ValueError(f"a skip input must be float16 [{n}, C, {h}, {w}], not {part.dtype} of shape {tuple(part.shape)}")
+    channels = sum(part.shape[1] for part in skip_inputs)
+    if skip_weight is not None and (skip_weight.dtype != torch.float16 or skip_weight.shape != (c_out, channels)):
+        raise ValueError(f"the skip weight must be float16 [{c_out}, {channels}], not {skip_weight.dtype} {tuple(skip_weight.shape)}")
 
 
 def _empty_output(x: Tensor, c_out: int) -> Tensor:
@@ -229,69 +287,88 @@ def _empty_statistics(x: Tensor, c_out: int) -> Tensor:
 
 
 def _launch(
-    x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None, residuals: list[Tensor],
-    stats: Tensor | None, tma: bool = True,
+    x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None, residual: Tensor | None,
+    skip_inputs: list[Tensor], skip_weight: Tensor | None, stats: Tensor | None, tma: bool = True,
 ) -> Tensor:  # fmt: skip
     """The ops' shared body; `tma=False` runs the pointer kernel where TMA applies too (benchmarks/conv3x3_speed.py)."""
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
     x = x.contiguous(memory_format=torch.channels_last)
     out = _empty_output(x, c_out)
-    residuals = [r.to(torch.float16).contiguous(memory_format=torch.channels_last) for r in residuals]
+    if residual is not None:
+        residual = residual.to(torch.float16).contiguous(memory_format=torch.channels_last)
     if row is not None:
         row = row.to(torch.float16).contiguous()
+    skips = [part.contiguous(memory_format=torch.channels_last) for part in skip_inputs]
+    skip_channels = [part.shape[1] for part in skips] + [0, 0]
+    skip_k = min(64, max(16, triton.next_power_of_2(max(skip_channels))))  # fp16 dots take K >= 16
     block_n, block_k = _blocks(c_in, c_out)
-    res, res2 = (residuals + [out, out])[:2]
-    tail = (scale.float(), bias.float(), out if row is None else row, res, res2, out)
-    sizes = (n * h * w, h, w, c_in, c_out)
-    flags = {"HAS_ROW": row is not None, "RESIDUALS": len(residuals), "BLOCK_N": block_n, "BLOCK_K": block_k}
-    block_m = _tma_pixel_block(x) if tma else None
+    tail = (scale.float(), bias.float(), out if row is None else row, out if residual is None else residual)
+    sizes = (n * h * w, h, w, c_in, c_out, *skip_channels[:2])
+    flags = {"HAS_ROW": row is not None, "HAS_RESIDUAL": residual is not None, "SKIPS": len(skips), "SKIP_K": skip_k,
+             "BLOCK_N": block_n, "BLOCK_K": block_k}  # fmt: skip
+    # Tensor-memory copies need 16-byte rows: the fp16 skip inputs, a multiple of 8 channels.
+    block_m = _tma_pixel_block(x) if tma and all(c % 8 == 0 for c in skip_channels) else None
     if block_m is None:
+        parts = (skips + [out, out])[:2]
+        skip_w = out if skip_weight is None else skip_weight.contiguous()
         grid = (triton.cdiv(n * h * w, 128) * triton.cdiv(c_out, block_n),)
-        _conv3x3_fp8_kernel[grid](x, weight, *tail, *sizes, **flags, EVEN_K=c_in % block_k == 0, BLOCK_M=128, num_warps=4, num_stages=3)
+        _conv3x3_fp8_kernel[grid](
+            x, weight, *tail, *parts, skip_w, out, *sizes, **flags, EVEN_K=c_in % block_k == 0, BLOCK_M=128, num_warps=4, num_stages=3
+        )  # fmt: skip
         return out
     images, rows = max(1, block_m // (h * w)), min(h, block_m // w)
     x_desc = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 1), [images, rows, w, block_k])
     w_desc = TensorDescriptor.from_tensor(weight, [block_n, block_k])
+    skip_descs = [TensorDescriptor.from_tensor(part.permute(0, 2, 3, 1), [images, rows, w, skip_k]) for part in skips]
+    skip_descs = (skip_descs + [x_desc, x_desc])[:2]  # the kernel reads only the first SKIPS of them
+    skip_w_desc = w_desc if skip_weight is None else TensorDescriptor.from_tensor(skip_weight.contiguous(), [block_n, skip_k])
     grid = (triton.cdiv(n * h * w, block_m) * triton.cdiv(c_out, block_n),)
     stages = 4 if block_m < 128 else 3  # measured on the H100 (benchmarks/README.md)
     _conv3x3_fp8_tma_kernel[grid](
-        x_desc, w_desc, *tail, out if stats is None else stats, *sizes, **flags,
+        x_desc, w_desc, *skip_descs, skip_w_desc, *tail, out, out if stats is None else stats, *sizes, **flags,
         IMAGES=images, ROWS=rows, STATS=stats is not None, num_warps=4, num_stages=stages,
     )  # fmt: skip
     return out
 
 
 @torch.library.custom_op("ddpm_triton::conv3x3_fp8", mutates_args=())
-def conv3x3_fp8(x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None, residuals: list[Tensor]) -> Tensor:
-    """conv2d(x, weight * scale, bias, padding=1) [+ row[:, :, None, None]] [+ each residual], float16 channels_last.
+def conv3x3_fp8(
+    x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None, residual: Tensor | None,
+    skip_inputs: list[Tensor], skip_weight: Tensor | None,
+) -> Tensor:  # fmt: skip
+    """conv2d(x, weight * scale, bias, padding=1) [+ row[:, :, None, None]] [+ residual]
+    [+ conv2d(cat(skip_inputs, 1), skip_weight[:, :, None, None])], float16 channels_last.
 
     x: FP8 [N, C_in, H, W] (channels_last memory, unscaled); weight, scale: from `pack_weight`; bias
-    fp32 [C_out]; row: fp16 [N, C_out] or None; residuals: up to two fp16 [N, C_out, H, W].
+    fp32 [C_out]; row: fp16 [N, C_out] or None; residual: fp16 [N, C_out, H, W] or None;
+    skip_inputs: zero to two fp16 [N, C_i, H, W], the channel parts of a 1x1 convolution's input;
+    skip_weight: its fp16 [C_out, sum of C_i] weights (None without skip inputs).
     """
-    _check(x, weight, scale, bias, residuals)
-    return _launch(x, weight, scale, bias, row, residuals, None)
+    _check(x, weight, scale, bias, residual, skip_inputs, skip_weight)
+    return _launch(x, weight, scale, bias, row, residual, skip_inputs, skip_weight, None)
 
 
 @conv3x3_fp8.register_fake
-def _(x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None, residuals: list[Tensor]) -> Tensor:
-    _check(x, weight, scale, bias, residuals)
+def _(
+    x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None, residual: Tensor | None,
+    skip_inputs: list[Tensor], skip_weight: Tensor | None,
+) -> Tensor:  # fmt: skip
+    _check(x, weight, scale, bias, residual, skip_inputs, skip_weight)
     return _empty_output(x, weight.shape[0])
 
 
 @torch.library.custom_op("ddpm_triton::conv3x3_fp8_stats", mutates_args=())
-def conv3x3_fp8_stats(
-    x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None, residuals: list[Tensor]
-) -> tuple[Tensor, Tensor]:
-    """`conv3x3_fp8`, and the output's statistics for `group_norm`: fp32 [N, blocks per image, 2, C_out],
-    each pixel block's per-channel mean and sum of squared deviations from it. Where
-    `fused_statistics(x)` is false it raises ValueError."""
-    _check(x, weight, scale, bias, residuals)
+def conv3x3_fp8_stats(x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None) -> tuple[Tensor, Tensor]:
+    """`conv3x3_fp8` with neither residual nor skip projection, and the output's statistics for
+    `group_norm`: fp32 [N, blocks per image, 2, C_out], each pixel block's per-channel mean and sum of
+    squared deviations from it. Where `fused_statistics(x)` is false it raises ValueError."""
+    _check(x, weight, scale, bias, None, [], None)
     stats = _empty_statistics(x, weight.shape[0])
-    return _launch(x, weight, scale, bias, row, residuals, stats), stats
+    return _launch(x, weight, scale, bias, row, None, [], None, stats), stats
 
 
 @conv3x3_fp8_stats.register_fake
-def _(x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None, residuals: list[Tensor]) -> tuple[Tensor, Tensor]:
-    _check(x, weight, scale, bias, residuals)
+def _(x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None) -> tuple[Tensor, Tensor]:
+    _check(x, weight, scale, bias, None, [], None)
     return _empty_output(x, weight.shape[0]), _empty_statistics(x, weight.shape[0])
