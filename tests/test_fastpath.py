@@ -9,7 +9,7 @@ import torch
 
 from ddpm_triton.bench import random_checkpoint
 from ddpm_triton.config import preset
-from ddpm_triton.fastpath import SubpixelUpsample, TokenAttention, use_fast_layers
+from ddpm_triton.fastpath import ChannelPaddedConv, SubpixelUpsample, TokenAttention, use_fast_layers
 from ddpm_triton.runners import load_runner
 from ddpm_triton.unet import SelfAttention, UNet, Upsample
 
@@ -33,6 +33,16 @@ def test_subpixel_upsample_is_upsample(height: int, width: int, channels_last: b
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("in_channels", "out_channels", "stride"), [(3, 16, 1), (16, 1, 1), (5, 7, 2), (8, 16, 1)])
+def test_channel_padded_conv_is_the_conv(in_channels: int, out_channels: int, stride: int) -> None:
+    torch.manual_seed(in_channels + out_channels)
+    conv = torch.nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+    padded = ChannelPaddedConv(conv)
+    assert padded.weight.shape[:2] == (-(-out_channels // 8) * 8, -(-in_channels // 8) * 8)
+    x = torch.randn(2, in_channels, 9, 8).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(padded(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_token_attention_is_self_attention(channels_last: bool) -> None:
     torch.manual_seed(1)
@@ -53,10 +63,11 @@ def test_fast_unet_predicts_the_same_noise(name: str) -> None:
         for p in model.parameters():
             if not p.any():
                 p.normal_(0, 0.05)
-    fast = use_fast_layers(copy.deepcopy(model), triton_norm=False)
+    fast = use_fast_layers(copy.deepcopy(model), triton_norm=False, pad_channels=True)
     assert not any(isinstance(m, (SelfAttention, Upsample)) for m in fast.modules())
     assert any(isinstance(m, TokenAttention) for m in fast.modules())
     assert any(isinstance(m, SubpixelUpsample) for m in fast.modules())
+    assert isinstance(fast.conv_in, ChannelPaddedConv) and isinstance(fast.conv_out, ChannelPaddedConv)  # the image's channels
 
     x = torch.randn(3, config.in_channels, config.image_size, config.image_size)
     t = torch.tensor([1.0, 250.0, 999.0])

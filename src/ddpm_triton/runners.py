@@ -109,8 +109,9 @@ class PyTorchRunner(UNetRunner):
 
         def prepare(precision: str) -> nn.Module:
             module = PrecisionWrapper(model, precision).to(device)
-            use_fast_layers(module.unet, triton_norm=device.type == "cuda" and module.dtype == torch.float16)
-            if device.type == "cuda":
+            gpu = device.type == "cuda"
+            use_fast_layers(module.unet, triton_norm=gpu and module.dtype == torch.float16, pad_channels=gpu)
+            if gpu:
                 module = module.to(memory_format=torch.channels_last)
             return torch.compile(module, dynamic=False) if compile else module
 
