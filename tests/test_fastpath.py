@@ -33,12 +33,17 @@ def test_subpixel_upsample_is_upsample(height: int, width: int, channels_last: b
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("in_channels", "out_channels", "stride"), [(3, 16, 1), (16, 1, 1), (5, 7, 2), (8, 16, 1)])
-def test_channel_padded_conv_is_the_conv(in_channels: int, out_channels: int, stride: int) -> None:
+@pytest.mark.parametrize(
+    ("in_channels", "out_channels", "stride", "padding", "bias_channel"),
+    [(3, 16, 1, 1, True), (16, 1, 1, 1, False), (5, 7, 2, 1, True), (1, 8, 1, 0, False), (3, 4, 2, 0, False)],
+)
+def test_channel_padded_conv_is_the_conv(in_channels: int, out_channels: int, stride: int, padding: int, bias_channel: bool) -> None:
     torch.manual_seed(in_channels + out_channels)
-    conv = torch.nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+    conv = torch.nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=padding)
+    torch.nn.init.normal_(conv.bias)
     padded = ChannelPaddedConv(conv)
     assert padded.weight.shape[:2] == (-(-out_channels // 8) * 8, -(-in_channels // 8) * 8)
+    assert padded.bias_channel == bias_channel  # the bias rides an all-ones padded channel where the centre tap stays inside
     x = torch.randn(2, in_channels, 9, 8).contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(padded(x), conv(x), rtol=1e-5, atol=1e-5)
 

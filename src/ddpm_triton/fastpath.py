@@ -109,36 +109,50 @@ class SubpixelUpsample(nn.Module):
 
 
 class ChannelPaddedConv(nn.Module):
-    """An nn.Conv2d with its channel counts padded with zeros to multiples of 8, for cuDNN's sake.
+    """An nn.Conv2d with its channel counts padded to multiples of 8, for cuDNN's sake.
 
     cuDNN's tensor-core kernels read and write channels_last fp16 in 16-byte vectors. With 3 image
     channels (the U-Net's input and output convolutions) it falls back to sm80 kernels that took
-    0.10 and 0.07 ms at batch 256 on the H100, several times what their bytes need. Zero input
-    channels and zero output channels (sliced off) change nothing in the result.
+    0.10 and 0.07 ms at batch 256 on the H100, several times what their bytes need. Padded input
+    channels are zeros and padded output channels are sliced off, so the result is the same.
+
+    Where an input channel is padded anyway, one of them carries the bias: it is all ones and only
+    the kernel's centre tap weighs it, by the bias (with `same` padding that tap never leaves the
+    image). A bias added after the convolution is a pointwise pass that torch.compile wrote twice
+    for the input convolution, once per consumer, and recomputed for the decoder's last skip input.
     """
 
     MULTIPLE = 8
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
-        if conv.groups != 1:
-            raise ValueError(f"{conv} is grouped; only plain convolutions are padded")
+        if conv.groups != 1 or conv.dilation != (1, 1) or isinstance(conv.padding, str):
+            raise ValueError(f"{conv} is not a plain convolution with explicit padding")
         out_channels, in_channels = conv.weight.shape[:2]
         self.in_channels, self.out_channels = in_channels, out_channels
-        padded_in, padded_out = -(-in_channels // self.MULTIPLE) * self.MULTIPLE, -(-out_channels // self.MULTIPLE) * self.MULTIPLE
+        padded_in, padded_out = (-(-c // self.MULTIPLE) * self.MULTIPLE for c in (in_channels, out_channels))
         weight = conv.weight.detach().new_zeros(padded_out, padded_in, *conv.kernel_size)
         weight[:out_channels, :in_channels] = conv.weight.detach()
-        bias = conv.weight.detach().new_zeros(padded_out)
-        if conv.bias is not None:
+        bias = None if conv.bias is None else conv.weight.detach().new_zeros(padded_out)
+        centre = tuple(k // 2 for k in conv.kernel_size)
+        self.bias_channel = bias is not None and in_channels < padded_in and conv.padding == centre and all(k % 2 for k in conv.kernel_size)
+        if self.bias_channel:
+            weight[:out_channels, in_channels, centre[0], centre[1]] = conv.bias.detach()
+            bias = None
+        elif bias is not None:
             bias[:out_channels] = conv.bias.detach()
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
-        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.stride, self.padding = conv.stride, conv.padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, (0, 0, 0, 0, 0, self.weight.shape[1] - self.in_channels))
-        out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
-        return out[:, : self.out_channels]
+        b, _, h, w = x.shape
+        extra = self.weight.shape[1] - self.in_channels
+        if self.bias_channel:
+            x = torch.cat([x, x.new_ones(b, 1, h, w), x.new_zeros(b, extra - 1, h, w)], dim=1)
+        elif extra:
+            x = torch.cat([x, x.new_zeros(b, extra, h, w)], dim=1)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)[:, : self.out_channels]
 
 
 def use_fast_layers(model: nn.Module, triton_norm: bool, pad_channels: bool) -> nn.Module:
