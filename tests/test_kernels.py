@@ -341,3 +341,24 @@ def test_token_attention_normalises_with_the_triton_kernel() -> None:
     with torch.inference_mode():
         out = fast(x.half().to(DEVICE).contiguous(memory_format=torch.channels_last))
     assert relative_error(out.cpu(), attention.float().cpu()(x)) < 5e-3
+
+
+def test_fast_layers_normalise_the_output_with_the_triton_kernel() -> None:
+    """On a CUDA GPU the fp16 live path's output GroupNorm and SiLU are one `group_norm` call."""
+    from ddpm_triton.config import preset
+    from ddpm_triton.fastpath import TritonGroupNorm, use_fast_layers
+    from ddpm_triton.precision import PrecisionWrapper
+    from ddpm_triton.unet import UNet
+
+    torch.manual_seed(3)
+    config = preset("tiny").unet
+    model = UNet(config).eval()
+    torch.nn.init.normal_(model.conv_out.weight, std=0.05)  # zero-initialised: the output would be zeros
+    fast = PrecisionWrapper(model, "fp16").to(DEVICE)
+    use_fast_layers(fast.unet, triton_norm=True, pad_channels=False)
+    assert isinstance(fast.unet.norm_out, TritonGroupNorm) and isinstance(fast.unet.act_out, torch.nn.Identity)
+    x, t = torch.randn(2, config.in_channels, config.image_size, config.image_size), torch.tensor([3.0, 700.0])
+    labels = torch.tensor([1, config.num_classes]) if config.conditional else None
+    with torch.inference_mode():
+        out = fast(x.to(DEVICE).contiguous(memory_format=torch.channels_last), t.to(DEVICE), None if labels is None else labels.to(DEVICE))
+        assert relative_error(out.cpu(), model(x, t, labels)) < 5e-3

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet import SelfAttention, Upsample
+from .unet import SelfAttention, UNet, Upsample
 
 
 def tokens(x: torch.Tensor) -> torch.Tensor:
@@ -156,11 +156,14 @@ class ChannelPaddedConv(nn.Module):
 
 
 def use_fast_layers(model: nn.Module, triton_norm: bool, pad_channels: bool) -> nn.Module:
-    """Replace, in place, the U-Net's attention and upsampling layers with their rewrites; returns the model.
+    """Replace, in place, the U-Net's layers with their rewrites; returns the model.
 
-    triton_norm: normalise attention inputs with the Triton GroupNorm (fp16 on a CUDA GPU).
-    pad_channels: pad convolutions whose channel counts are not multiples of 8 (for cuDNN on a GPU).
+    triton_norm: normalise attention inputs, and the output (with its SiLU), with the Triton
+    GroupNorm (fp16 on a CUDA GPU). pad_channels: pad convolutions whose channel counts are not
+    multiples of 8 (for cuDNN on a GPU).
     """
+    if triton_norm and isinstance(model, UNet):
+        model.norm_out, model.act_out = TritonGroupNorm(model.norm_out, silu=True, fp8_out=False), nn.Identity()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, SelfAttention):

@@ -165,6 +165,7 @@ class UNet(nn.Module):
                 resolution *= 2
 
         self.norm_out = nn.GroupNorm(groups, width)
+        self.act_out = nn.SiLU()  # a module, not F.silu, so a fast path can fuse it into norm_out (no weights)
         self.conv_out = nn.Conv2d(width, config.in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
@@ -190,7 +191,7 @@ class UNet(nn.Module):
             for block, attn in zip(level.blocks, level.attention):
                 h = attn(block(h, emb, skips.pop()))
             h = up(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.act_out(self.norm_out(h)))
 
 
 def count_parameters(model: nn.Module) -> int:
