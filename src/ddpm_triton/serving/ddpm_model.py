@@ -23,9 +23,7 @@ Triton's Python stub, where `triton_python_backend_utils` exists.
 from __future__ import annotations
 
 import functools
-import gc
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,31 +45,6 @@ from .requests import Defaults, InvalidInput, ModelFacts, parse
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 T = TypeVar("T")
-SLOW_COLLECTION_S = 0.1
-
-
-def _freeze_what_initialize_loaded() -> None:
-    """Keep the garbage collector off what lives as long as the model, and log slow collections.
-
-    Weights, compiled graphs and Dynamo's caches are millions of Python objects. A full collection
-    walks all of them holding the GIL while the stepping thread waits; it is the suspect for the
-    1000-step records' slowest request, 1.5-2.3 s over the median. gc.freeze() moves them out of
-    the collector's sight, and the callback says in the server log when a collection still takes long.
-    """
-    gc.collect()
-    gc.freeze()
-    started = [0.0]
-
-    def time_collection(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            started[0] = time.perf_counter()
-        elif (took := time.perf_counter() - started[0]) > SLOW_COLLECTION_S:
-            pb_utils.Logger.log_warn(
-                f"ddpm: a generation-{info['generation']} garbage collection took {took * 1e3:.0f} ms "
-                f"({info['collected']} objects freed); the stepping thread waited for it"
-            )
-
-    gc.callbacks.append(time_collection)
 
 
 class TritonPythonModel:
@@ -108,7 +81,6 @@ class TritonPythonModel:
             guided=bool(self.facts.num_classes) and self.defaults.guidance_scale != 1,
             stochastic=self.defaults.sampler == "ddpm" or self.defaults.eta > 0,
         )
-        _freeze_what_initialize_loaded()
         self.scheduler = StepScheduler(stepper)
         self.outbox = Outbox("ddpm-responses")
         self.metrics = _Metrics(self.scheduler, {"model": args["model_name"], "version": args["model_version"]})
