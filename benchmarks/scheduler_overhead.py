@@ -50,7 +50,7 @@ def unet_stepper(preset: str, device: str, jobs: int, compile: bool) -> Stepper:
     """The preset's U-Net with random weights, as the server runs it (on a GPU: fp16, CUDA graphs)."""
     checkpoint = random_checkpoint(preset, Path(tempfile.mkdtemp()) / "model.safetensors")
     stepper = engine(checkpoint, device.startswith("cuda"), "fp16", compile, capacity=4 * jobs, max_batch=jobs)
-    stepper.warm_up(guided=False, stochastic=False)
+    stepper.warm_up(guided=False)
     return stepper
 
 

@@ -197,17 +197,21 @@ class Stepper:
             captured.graph.replay()
             self._bound_run_ahead()
 
-    def warm_up(self, guided: bool, stochastic: bool) -> None:
-        """Capture the graphs of every bucket now rather than in the first requests' path, and compile
-        the sampler update of both samplers: a later capture of the other kind then takes milliseconds,
-        not a compilation inside a request."""
+    def warm_up(self, guided: bool) -> None:
+        """Capture the graphs of every bucket, for both samplers (with and without noise), now rather
+        than in the first requests' path.
+
+        Each capture runs the step as requests do, so the sampler update compiles for the tensors it
+        will get. Compiling it instead from a hand-made call left the noise-drawing variant to
+        recompile inside the first DDPM request (its eps, the U-Net's output, is channels_last): the
+        1000-step record's slowest request ran 2-3 s over the median, and the server's compile
+        workers came back.
+        """
         if self.cuda_graphs:
             with torch.inference_mode():
-                for size in self.buckets:
-                    self._captured(StepKind(size, guided, stochastic))
-                scratch = torch.full((2,), self.scratch, dtype=torch.int64, device=self.device)
-                x, t = self.x[scratch], self.schedule[scratch, 0]
-                self._update(x, x, t, self.schedule[scratch, 1], self.eta[scratch], self.seeds[scratch], not stochastic)
+                for stochastic in (False, True):
+                    for size in self.buckets:
+                        self._captured(StepKind(size, guided, stochastic))
 
     def _step(self, slots: torch.Tensor, guided: bool, stochastic: bool) -> None:
         position = self.position[slots]

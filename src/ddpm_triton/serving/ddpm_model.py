@@ -77,10 +77,7 @@ class TritonPythonModel:
             cuda_graphs=p["cuda_graphs"] == "true",
             max_batch=max_step_batch,
         )
-        stepper.warm_up(
-            guided=bool(self.facts.num_classes) and self.defaults.guidance_scale != 1,
-            stochastic=self.defaults.sampler == "ddpm" or self.defaults.eta > 0,
-        )
+        stepper.warm_up(guided=bool(self.facts.num_classes) and self.defaults.guidance_scale != 1)
         if p["compile"] == "true":
             # Every graph is captured: nothing compiles from here on, so Inductor's compile workers
             # (child processes holding about 7 GB of host memory on the H100 bench) can go now
