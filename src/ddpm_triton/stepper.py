@@ -203,9 +203,9 @@ class Stepper:
 
         Each capture runs the step as requests do, so the sampler update compiles for the tensors it
         will get. Compiling it instead from a hand-made call left the noise-drawing variant to
-        recompile inside the first DDPM request (its eps, the U-Net's output, is channels_last): the
-        1000-step record's slowest request ran 2-3 s over the median, and the server's compile
-        workers came back.
+        recompile inside the first DDPM request (most likely for eps's layout: the U-Net returns it
+        channels_last, the hand-made call passed it contiguous). On the H100 that request ran
+        1.5-2.9 s over the median, and the server's compile workers came back (benchmarks/README.md).
         """
         if self.cuda_graphs:
             with torch.inference_mode():
