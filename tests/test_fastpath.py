@@ -9,7 +9,7 @@ import torch
 
 from ddpm_triton.bench import random_checkpoint
 from ddpm_triton.config import preset
-from ddpm_triton.fastpath import ChannelPaddedConv, SubpixelUpsample, TokenAttention, use_fast_layers
+from ddpm_triton.fastpath import ChannelPaddedConv, TransposedUpsample, TokenAttention, use_fast_layers
 from ddpm_triton.runners import load_runner
 from ddpm_triton.unet import SelfAttention, UNet, Upsample
 
@@ -20,16 +20,17 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("height, width", [(4, 4), (7, 7), (5, 6)])  # 7x7: the MNIST U-Net's odd lowest level
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_subpixel_upsample_is_upsample(height: int, width: int, channels_last: bool) -> None:
+def test_transposed_upsample_is_upsample(height: int, width: int, channels_last: bool) -> None:
     torch.manual_seed(height * width)
     upsample = Upsample(6)
     x = torch.randn(2, 6, height, width)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    out = SubpixelUpsample(upsample)(x)
+    torch.nn.init.normal_(upsample.conv.bias)
+    out = TransposedUpsample(upsample)(x)
     expected = upsample(x)
     assert out.shape == expected.shape == (2, 6, 2 * height, 2 * width)
-    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -56,7 +57,7 @@ def test_token_attention_is_self_attention(channels_last: bool) -> None:
     x = torch.randn(2, 16, 5, 6)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(TokenAttention(attention, triton_norm=False)(x), attention(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(TokenAttention(attention, triton_kernels=False)(x), attention(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["tiny", "mnist"])
@@ -68,10 +69,10 @@ def test_fast_unet_predicts_the_same_noise(name: str) -> None:
         for p in model.parameters():
             if not p.any():
                 p.normal_(0, 0.05)
-    fast = use_fast_layers(copy.deepcopy(model), triton_norm=False, pad_channels=True)
+    fast = use_fast_layers(copy.deepcopy(model), triton_kernels=False, pad_channels=True)
     assert not any(isinstance(m, (SelfAttention, Upsample)) for m in fast.modules())
     assert any(isinstance(m, TokenAttention) for m in fast.modules())
-    assert any(isinstance(m, SubpixelUpsample) for m in fast.modules())
+    assert any(isinstance(m, TransposedUpsample) for m in fast.modules())
     assert isinstance(fast.conv_in, ChannelPaddedConv) and isinstance(fast.conv_out, ChannelPaddedConv)  # the image's channels
 
     x = torch.randn(3, config.in_channels, config.image_size, config.image_size)
@@ -87,4 +88,4 @@ def test_the_pytorch_runner_runs_the_fast_layers(tmp_path) -> None:  # type: ign
     checkpoint = random_checkpoint("tiny", tmp_path / "model.safetensors")
     runner = load_runner(checkpoint)
     assert any(isinstance(m, TokenAttention) for m in runner.module.modules())
-    assert any(isinstance(m, SubpixelUpsample) for m in runner.module.modules())
+    assert any(isinstance(m, TransposedUpsample) for m in runner.module.modules())

@@ -21,6 +21,7 @@ if INTERPRET:
 
 from ddpm_triton.kernels.conv3x3 import _tma_pixel_block, conv3x3_fp8, conv3x3_fp8_stats, fused_statistics, pack_weight  # noqa: E402
 from ddpm_triton.kernels.group_norm import FP8_MAX, group_norm  # noqa: E402
+from ddpm_triton.kernels.linear import linear_residual  # noqa: E402
 
 DEVICE = "cpu" if INTERPRET else "cuda"
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::RuntimeWarning")  # the interpreter's numpy
@@ -234,6 +235,28 @@ def test_conv3x3_fp8_names_what_is_wrong() -> None:
         pack_weight(torch.randn(8, 16, 1, 1))
 
 
+@pytest.mark.parametrize(("m", "k", "n"), [(300, 40, 24), (256, 256, 256), (16, 8, 200)])  # masks on every edge; the U-Net's shape
+def test_linear_residual_is_the_projection_plus_the_residual(m: int, k: int, n: int) -> None:
+    g = torch.Generator().manual_seed(m + k + n)
+    x, residual = (torch.randn(rows, cols, generator=g).half().to(DEVICE) for rows, cols in ((m, k), (m, n)))
+    weight = (torch.randn(n, k, generator=g) / k**0.5).half().to(DEVICE)
+    bias = torch.randn(n, generator=g).half().to(DEVICE)
+    out = linear_residual(x, weight, bias, residual)
+    assert out.shape == (m, n) and out.dtype == torch.float16
+    expected = residual.double() + x.double() @ weight.double().T + bias.double()
+    assert relative_error(out, expected) < 1e-3
+
+
+def test_linear_residual_names_what_is_wrong() -> None:
+    x, weight, bias = (torch.zeros(*shape, dtype=torch.float16, device=DEVICE) for shape in ((4, 8), (6, 8), (6,)))
+    with pytest.raises(ValueError, match=r"not \(4, 8\) by \(6, 4\)"):
+        linear_residual(x, weight[:, :4], bias, torch.zeros(4, 6, dtype=torch.float16, device=DEVICE))
+    with pytest.raises(ValueError, match=r"residual \(4, 5\) do not fit the output \(4, 6\)"):
+        linear_residual(x, weight, bias, torch.zeros(4, 5, dtype=torch.float16, device=DEVICE))
+    with pytest.raises(ValueError, match="x is torch.float32"):
+        linear_residual(x.float(), weight, bias, torch.zeros(4, 6, dtype=torch.float16, device=DEVICE))
+
+
 def test_fake_implementations_agree_with_the_kernels() -> None:
     """What torch.compile traces (the fake kernels' shapes, dtypes and strides) is what runs."""
     g = torch.Generator().manual_seed(7)
@@ -248,6 +271,8 @@ def test_fake_implementations_agree_with_the_kernels() -> None:
     skip = [x[:, :8].contiguous(memory_format=torch.channels_last), x[:, 8:]]
     skip_weight = torch.randn(16, 32, generator=g).half().to(DEVICE)
     torch.library.opcheck(conv3x3_fp8, (*args, channels_last(2, 16, 4, 4, generator=g), skip, skip_weight), test_utils="test_faketensor")
+    tokens = x.permute(0, 2, 3, 1).reshape(32, 32)
+    torch.library.opcheck(linear_residual, (tokens, skip_weight, skip_weight[:, 0], tokens[:, :16]), test_utils="test_faketensor")
 
 
 def test_fp8_unet_predicts_the_fp32_unets_noise() -> None:
@@ -327,8 +352,9 @@ def test_fp8_runner_runs_small_batches_in_fp16(tmp_path, monkeypatch) -> None:  
     assert relative_error(large, fp16(x, t, labels)) < 0.2
 
 
-def test_token_attention_normalises_with_the_triton_kernel() -> None:
-    """On a CUDA GPU the fp16 live path's attention blocks normalise through `group_norm` (no SiLU)."""
+def test_token_attention_runs_the_triton_kernels() -> None:
+    """On a CUDA GPU the fp16 live path's attention blocks normalise through `group_norm` (no SiLU)
+    and add the residual in the output projection (`linear_residual`)."""
     from ddpm_triton.fastpath import TokenAttention, TritonGroupNorm
     from ddpm_triton.unet import SelfAttention
 
@@ -336,8 +362,8 @@ def test_token_attention_normalises_with_the_triton_kernel() -> None:
     attention = SelfAttention(32, heads=4, groups=8)
     torch.nn.init.normal_(attention.proj.weight, std=0.2)  # zero-initialised: the test would see only the residual
     x = torch.randn(2, 32, 4, 4)
-    fast = TokenAttention(attention.half().to(DEVICE), triton_norm=True)
-    assert isinstance(fast.norm, TritonGroupNorm)
+    fast = TokenAttention(attention.half().to(DEVICE), triton_kernels=True)
+    assert isinstance(fast.norm, TritonGroupNorm) and fast.project is linear_residual
     with torch.inference_mode():
         out = fast(x.half().to(DEVICE).contiguous(memory_format=torch.channels_last))
     assert relative_error(out.cpu(), attention.float().cpu()(x)) < 5e-3
@@ -355,7 +381,7 @@ def test_fast_layers_normalise_the_output_with_the_triton_kernel() -> None:
     model = UNet(config).eval()
     torch.nn.init.normal_(model.conv_out.weight, std=0.05)  # zero-initialised: the output would be zeros
     fast = PrecisionWrapper(model, "fp16").to(DEVICE)
-    use_fast_layers(fast.unet, triton_norm=True, pad_channels=False)
+    use_fast_layers(fast.unet, triton_kernels=True, pad_channels=False)
     assert isinstance(fast.unet.norm_out, TritonGroupNorm) and isinstance(fast.unet.act_out, torch.nn.Identity)
     x, t = torch.randn(2, config.in_channels, config.image_size, config.image_size), torch.tensor([3.0, 700.0])
     labels = torch.tensor([1, config.num_classes]) if config.conditional else None

@@ -49,63 +49,68 @@ class TokenAttention(nn.Module):
     A channels_last feature map already is [B, HW, C] in memory. As tokens, the 1x1 projections are
     plain matmuls, and q, k and v are strided views of one qkv tensor that SDPA reads in place. The
     NCHW formulation has Inductor transpose q, k, v and the output instead, which was most of the
-    compiled attention block's time on the H100 (benchmarks/README.md).
+    compiled attention block's time on the H100 (benchmarks/README.md). With `triton_kernels` the
+    norm is the Triton GroupNorm and the output projection adds the residual in its epilogue
+    (`kernels.linear.linear_residual`).
     """
 
-    def __init__(self, attention: SelfAttention, triton_norm: bool) -> None:
+    def __init__(self, attention: SelfAttention, triton_kernels: bool) -> None:
         super().__init__()
         self.heads = attention.heads
-        self.norm = TritonGroupNorm(attention.norm, silu=False, fp8_out=False) if triton_norm else attention.norm
+        self.norm = TritonGroupNorm(attention.norm, silu=False, fp8_out=False) if triton_kernels else attention.norm
+        self.project = _linear_then_add
+        if triton_kernels:
+            from .kernels.linear import linear_residual  # imports triton: only where a GPU path asks for it
+
+            self.project = linear_residual
         self.register_buffer("qkv_weight", attention.qkv.weight.detach()[:, :, 0, 0])
         self.register_buffer("qkv_bias", attention.qkv.bias.detach())
-        self.register_buffer("proj_weight", attention.proj.weight.detach()[:, :, 0, 0])
+        self.register_buffer("proj_weight", attention.proj.weight.detach()[:, :, 0, 0].contiguous())
         self.register_buffer("proj_bias", attention.proj.bias.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         qkv = F.linear(tokens(self.norm(x)), self.qkv_weight, self.qkv_bias)  # channels (q|k|v, head, head_dim)
         q, k, v = qkv.view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
-        return feature_map(tokens(x) + F.linear(out, self.proj_weight, self.proj_bias), h, w)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * h * w, c)
+        projected = self.project(out, self.proj_weight, self.proj_bias, tokens(x).reshape(b * h * w, c))
+        return feature_map(projected.view(b, h * w, c), h, w)
 
 
-# Which of a 3x3 kernel's rows (or columns) land on each row of the 2x2 kernel, for even and for odd
-# output rows: an even row 2i of the upsampled image sees input rows i-1, i, i through the 3x3 window,
-# an odd row 2i+1 sees i, i, i+1.
-_FOLD = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+def _linear_then_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    return residual + F.linear(x, weight, bias)
 
 
-class SubpixelUpsample(nn.Module):
-    """`unet.Upsample` (nearest x2, then a 3x3 convolution) as one 2x2 convolution at the input's resolution.
+# Where each of a 3x3 kernel's taps lands in the 4-tap kernel of a stride-2 transposed convolution
+# (padding 1), along one axis: upsampled row 2i sees input rows i-1 (tap 0) and i (taps 1, 2), row
+# 2i+1 sees i (taps 0, 1) and i+1 (tap 2), and the transposed kernel's taps 3, 1 (even rows) and
+# 2, 0 (odd rows) weigh input rows i-1, i and i, i+1.
+_FOLD = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+
+
+class TransposedUpsample(nn.Module):
+    """`unet.Upsample` (nearest x2, then a 3x3 convolution) as one 4x4 transposed convolution of stride 2.
 
     Through the upsampled image's 3x3 window each output pixel sees only 2x2 distinct input pixels,
-    so each of the four output phases (even or odd row, even or odd column) is a 2x2 convolution of
-    the input whose taps are sums of the 3x3 taps. One convolution computes all four phases as 4x the
-    output channels. It pads by one pixel, so each phase finds its window at its own offset. The
-    phases are then interleaved. That is 16 multiply-adds per 4 output pixels instead of 36, and the
-    upsampled copy is never written.
+    weighed by sums of the 3x3 taps that depend on the pixel's row and column parity: exactly a
+    stride-2 transposed convolution, whose 4x4 kernel holds those sums. That is 16 multiply-adds
+    per 4 output pixels instead of 36, and the upsampled copy is never written. Against the same
+    fold as a 2x2 convolution with 4x the output channels at the input's resolution, whose phases
+    were then interleaved by a copy, cuDNN's strided transposed convolution writes the output in
+    place: 0.043 -> 0.035, 0.105 -> 0.079 and 0.322 -> 0.308 ms at the CIFAR-10 U-Net's three
+    upsamplings at batch 256 on the H100 (benchmarks/README.md).
     """
 
     def __init__(self, upsample: Upsample) -> None:
         super().__init__()
         conv = upsample.conv
-        fold = torch.tensor(_FOLD, device=conv.weight.device)  # [phase, 2, 3]
-        weight = torch.einsum("prk,qsl,oikl->pqoirs", fold, fold, conv.weight.detach().float())
-        self.channels = conv.out_channels
-        self.register_buffer("weight", weight.reshape(4 * self.channels, conv.in_channels, 2, 2).to(conv.weight.dtype))
+        fold = torch.tensor(_FOLD, dtype=torch.float64, device=conv.weight.device)  # [4 taps, 3 taps]
+        weight = torch.einsum("ak,bl,oikl->ioab", fold, fold, conv.weight.detach().double())
+        self.register_buffer("weight", weight.to(conv.weight.dtype).contiguous())
         self.register_buffer("bias", conv.bias.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        c = self.channels
-        phases = F.conv2d(x, self.weight, padding=1).contiguous(memory_format=torch.channels_last)  # a no-op on the GPU path
-        # The phases' channels_last memory is [B, H+1, W+1, (row phase, column phase, C)], and output
-        # pixel (2i + py, 2j + px) is phase (py, px) at (i + py, j + px): one strided view of it is the
-        # output's channels_last memory [B, H, py, W, px, C], which a single copy (with the bias) writes.
-        row, col = (w + 1) * 4 * c, 4 * c
-        interleaved = phases.as_strided((b, h, 2, w, 2, c), ((h + 1) * row, row, row + 2 * c, col, col + c, 1))
-        out = (interleaved + self.bias).reshape(b, 2 * h, 2 * w, c)
-        return out.permute(0, 3, 1, 2)
+        return F.conv_transpose2d(x, self.weight, self.bias, stride=2, padding=1)
 
 
 class ChannelPaddedConv(nn.Module):
@@ -155,22 +160,22 @@ class ChannelPaddedConv(nn.Module):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)[:, : self.out_channels]
 
 
-def use_fast_layers(model: nn.Module, triton_norm: bool, pad_channels: bool) -> nn.Module:
+def use_fast_layers(model: nn.Module, triton_kernels: bool, pad_channels: bool) -> nn.Module:
     """Replace, in place, the U-Net's layers with their rewrites; returns the model.
 
-    triton_norm: normalise attention inputs, and the output (with its SiLU), with the Triton
-    GroupNorm (fp16 on a CUDA GPU). pad_channels: rewrite convolutions whose channel counts are
-    not multiples of 8 as `ChannelPaddedConv` (on a GPU, where the input convolution's bias then
-    rides a padded channel).
+    triton_kernels: run the attention's norm and output projection, and the output's norm (with
+    its SiLU), as the Triton kernels of `ddpm_triton.kernels` (fp16 on a CUDA GPU). pad_channels:
+    rewrite convolutions whose channel counts are not multiples of 8 as `ChannelPaddedConv` (on a
+    GPU, where the input convolution's bias then rides a padded channel).
     """
-    if triton_norm and isinstance(model, UNet):
+    if triton_kernels and isinstance(model, UNet):
         model.norm_out, model.act_out = TritonGroupNorm(model.norm_out, silu=True, fp8_out=False), nn.Identity()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, SelfAttention):
-                setattr(parent, name, TokenAttention(child, triton_norm))
+                setattr(parent, name, TokenAttention(child, triton_kernels))
             elif isinstance(child, Upsample):
-                setattr(parent, name, SubpixelUpsample(child))
+                setattr(parent, name, TransposedUpsample(child))
             elif pad_channels and isinstance(child, nn.Conv2d) and (child.in_channels % 8 or child.out_channels % 8):
                 setattr(parent, name, ChannelPaddedConv(child))
     return model

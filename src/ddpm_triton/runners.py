@@ -110,7 +110,7 @@ class PyTorchRunner(UNetRunner):
         def prepare(precision: str) -> nn.Module:
             module = PrecisionWrapper(model, precision).to(device)
             gpu = device.type == "cuda"
-            use_fast_layers(module.unet, triton_norm=gpu and module.dtype == torch.float16, pad_channels=gpu)
+            use_fast_layers(module.unet, triton_kernels=gpu and module.dtype == torch.float16, pad_channels=gpu)
             if gpu:
                 module = module.to(memory_format=torch.channels_last)
             return torch.compile(module, dynamic=False) if compile else module
