@@ -16,6 +16,7 @@ H100_KERNELS = {
     "_group_norm_silu_kernel": "groupnorm",  # the project's own kernels (the older name in committed profiles)
     "_group_norm_kernel": "groupnorm",
     "_conv3x3_fp8_kernel": "convolution",
+    "_linear_residual_kernel": "matmul",
 }
 
 

@@ -26,6 +26,8 @@ def kernel_category(name: str) -> str:
         return "inductor"
     if n.startswith("_group_norm"):  # the project's own Triton kernels (ddpm_triton.kernels)
         return "groupnorm"
+    if n.startswith("_linear"):
+        return "matmul"
     if "sdpa" in n or "flash" in n or "fmha" in n:
         return "attention"
     if "fprop" in n or "conv" in n or "xmma" in n:
