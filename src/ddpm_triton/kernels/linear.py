@@ -17,7 +17,7 @@ import triton.language as tl
 def _linear_residual_kernel(
     x_ptr,  # [M, K] fp16
     w_ptr,  # [N, K] fp16
-    bias_ptr,  # [N] fp32
+    bias_ptr,  # [N] fp16 or fp32
     res_ptr,  # [M, N] fp16
     out_ptr,  # [M, N] fp16
     M,
@@ -41,7 +41,7 @@ def _linear_residual_kernel(
         acc = tl.dot(a, b, acc)
     mask = m_mask[:, None] & n_mask[None, :]
     where = rows[:, None] * N + cols[None, :]
-    acc += tl.load(bias_ptr + cols, mask=n_mask, other=0.0)[None, :]
+    acc += tl.load(bias_ptr + cols, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     acc += tl.load(res_ptr + where, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + where, acc.to(tl.float16), mask=mask)
 
@@ -58,7 +58,8 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: 
 
 @torch.library.custom_op("ddpm_triton::linear_residual", mutates_args=())
 def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """residual + x @ weight.T + bias, float16: x [M, K], weight [N, K], bias [N], residual [M, N]."""
+    """residual + x @ weight.T + bias, float16: x [M, K], weight [N, K], bias [N] (fp16 or fp32, read
+    as it is: a cast would be a kernel of its own), residual [M, N]."""
     _check(x, weight, bias, residual)
     (m, k), n = x.shape, weight.shape[0]
     out = torch.empty((m, n), dtype=torch.float16, device=x.device)
@@ -66,7 +67,7 @@ def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, r
     # 128x128x64 tiles, 4 warps: the fastest of eight configurations at the CIFAR-10 U-Net's
     # [65536, 256] x [256, 256] on the H100 (benchmarks/README.md).
     _linear_residual_kernel[(triton.cdiv(m, 128) * triton.cdiv(n, block_n),)](
-        x.contiguous(), weight.contiguous(), bias.float().contiguous(), residual.contiguous(), out, m, n, k,
+        x.contiguous(), weight.contiguous(), bias.contiguous(), residual.contiguous(), out, m, n, k,
         BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=3,
     )  # fmt: skip
     return out
