@@ -3,7 +3,10 @@
 The U-Net rows are one compiled call of the CIFAR-10 U-Net (random weights) replayed as a CUDA
 graph, as the server's stepper runs it; they are where `runners.FP8_MIN_BATCH` comes from. The
 GroupNorm rows time `ddpm_triton.kernels.group_norm` (fp16 and FP8 output) against torch.compile's
-GroupNorm+SiLU of the same channels_last tensor, at the U-Net's widest shapes. Needs an sm_89+ GPU.
+GroupNorm+SiLU of the same channels_last tensor, at the U-Net's widest shapes, ten calls to a CUDA
+graph as the U-Net runs them: timed one launch at a time (`triton.testing.do_bench`, the records
+before 2026-11-24), the small shapes measured the host's launch cost, not the kernel. Needs an
+sm_89+ GPU.
 
     python benchmarks/fp8_speed.py --batches 2,8,32,64,128,256
 """
@@ -19,7 +22,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from triton.testing import do_bench
 
 from ddpm_triton.bench import random_checkpoint
 from ddpm_triton.kernels.group_norm import group_norm
@@ -67,6 +69,11 @@ def unet_rows(batches: list[int]) -> Iterator[dict[str, float]]:
         yield row
 
 
+def graphed_call_ms(fn: Callable[[], object], calls: int = 10) -> float:
+    """One call's share of a CUDA graph of `calls` back-to-back calls of `fn`."""
+    return graphed_ms(lambda: [fn() for _ in range(calls)]) / calls
+
+
 def norm_rows(batch: int) -> list[dict[str, float]]:
     compiled = torch.compile(lambda x, w, b: F.silu(F.group_norm(x, 32, w, b, 1e-5)))
     rows = []
@@ -79,8 +86,8 @@ def norm_rows(batch: int) -> list[dict[str, float]]:
         for name, fp8 in (("fp16_out", False), ("fp8_out", True)):
             out = group_norm(x, None, weight, bias, 32, 1e-5, True, fp8, None)
             row[f"{name}_rel_err"] = ((out.float() - expected).norm() / expected.norm()).item()
-            row[f"{name}_ms"] = do_bench(lambda: group_norm(x, None, weight, bias, 32, 1e-5, True, fp8, None), return_mode="median")
-        row["compiled_ms"] = do_bench(lambda: compiled(x, weight.half(), bias.half()), return_mode="median")
+            row[f"{name}_ms"] = graphed_call_ms(lambda: group_norm(x, None, weight, bias, 32, 1e-5, True, fp8, None))
+        row["compiled_ms"] = graphed_call_ms(lambda: compiled(x, weight.half(), bias.half()))
         # Useful bytes: the fp16 input read once and the output written once.
         row["fp8_out_GBps"] = x.numel() * 3 / row["fp8_out_ms"] / 1e6
         row["compiled_GBps"] = x.numel() * 4 / row["compiled_ms"] / 1e6
