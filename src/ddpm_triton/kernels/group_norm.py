@@ -5,9 +5,11 @@ it transposed (they are named `..._clone_...` in a profile). Here one program ow
 one image and walks its pixels row by row, so every load and store is a contiguous run of channels.
 It reads its slice twice (statistics, then the normalisation) and writes it once, or once when the
 producing convolution computed the statistics in its epilogue (`conv3x3.conv3x3_fp8_stats`). On an H100 at
-batch 256 it moves 1.0-1.6 TB/s counting one read and the write, 1.4-4.5x faster than Inductor's
-compiled GroupNorm+SiLU of the same channels_last tensor (benchmarks/README.md); a persistent grid
-sized to keep the slices in L2 between the passes measured no faster.
+batch 256, CUDA-graphed, it moves 1.35-1.6 TB/s counting one read and the write, 2.5-6.8x faster
+than Inductor's compiled GroupNorm+SiLU of the same channels_last tensor (benchmarks/README.md).
+The second read mostly hits L2, since it follows the first within the program: a persistent grid
+sized to keep the slices there measured no faster, and a separate statistics kernel with both
+passes spread over runs of pixels measured slower at every shape.
 
 The input may come in two parts, `x` and a `tail` whose channels follow x's: the U-Net's decoder
 normalises the concatenation of its features and a skip connection, and reading both where they
