@@ -9,7 +9,7 @@ import torch
 
 from ddpm_triton.bench import random_checkpoint
 from ddpm_triton.config import preset
-from ddpm_triton.fastpath import ChannelPaddedConv, TransposedUpsample, TokenAttention, use_fast_layers
+from ddpm_triton.fastpath import ChannelPaddedConv, TokenAttention, TransposedUpsample, use_fast_layers
 from ddpm_triton.runners import load_runner
 from ddpm_triton.unet import SelfAttention, UNet, Upsample
 

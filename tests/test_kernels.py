@@ -1,4 +1,4 @@
-"""The fp8 U-Net's Triton kernels against PyTorch's own ops, on random data.
+"""The Triton kernels (FP8 convolution, GroupNorm, attention's projection) against PyTorch's own ops, on random data.
 
 With no GPU they run under Triton's interpreter (TRITON_INTERPRET=1, set before triton is
 imported). The interpreter's float -> fp8 conversion rounds wrongly in Triton 3.5/3.6 (7.81 becomes
