@@ -1,11 +1,12 @@
-"""The FP8 3x3 convolution's two kernels at every ResBlock convolution of the CIFAR-10 U-Net, on a GPU.
+"""The FP8 3x3 convolution's kernels at every ResBlock convolution of the CIFAR-10 U-Net, on a GPU.
 
-Per shape, one CUDA-graph replay (no launch overhead) of: the pointer kernel, the TMA kernel the
-package runs on Hopper, and the TMA kernel computing GroupNorm statistics in its epilogue (the first
-convolution of a block). Each convolution gets what the U-Net passes it: the first the time
-embedding, the second the block's input, as a residual or as the input of the 1x1 skip projection
-(in two parts in the decoder). Rows carry how many times the U-Net calls each shape, and the totals
-weight by them. Needs an sm_90 GPU.
+Per shape, one call's share of a CUDA graph of ten (no launch overhead) of: the pointer kernel, the
+Triton TMA kernel, and what the op runs (`op`: on an H100 the warp-specialized Gluon kernel of
+`conv3x3_hopper` for first convolutions, the TMA kernel for the rest); for first convolutions also
+the TMA kernel and the op computing GroupNorm statistics in their epilogues. Each convolution gets
+what the U-Net passes it: the first the time embedding, the second the block's input, as a residual
+or as the input of the 1x1 skip projection (in two parts in the decoder). Rows carry how many times
+the U-Net calls each shape, and the totals weight by them. Needs an sm_90 GPU.
 
     python benchmarks/conv3x3_speed.py --batch 256
 """
@@ -24,7 +25,7 @@ from ddpm_triton.config import preset
 from ddpm_triton.kernels.conv3x3 import _launch, conv3x3_fp8, conv3x3_fp8_stats, pack_weight
 from ddpm_triton.provenance import stamp, write_result
 from ddpm_triton.unet import ResBlock, UNet
-from fp8_speed import graphed_ms
+from fp8_speed import graphed_call_ms
 
 
 Shape = tuple[str, int, int, int, tuple[int, ...]]
@@ -58,7 +59,12 @@ def half(*shape: int) -> torch.Tensor:
 
 def pointer_kernel(x, weight, scale, bias, row, residual, skip_inputs, skip_weight):  # type: ignore[no-untyped-def]
     """conv3x3_fp8 through the pointer kernel, which the op runs only where TMA does not apply."""
-    return _launch(x, weight, scale, bias, row, residual, skip_inputs, skip_weight, None, tma=False)
+    return _launch(x, weight, scale, bias, row, residual, skip_inputs, skip_weight, tma=False)[0]
+
+
+def tma_kernel(x, weight, scale, bias, row, residual, skip_inputs, skip_weight, with_statistics=False):  # type: ignore[no-untyped-def]
+    """conv3x3_fp8 through the Triton TMA kernel, also where the op runs the warp-specialized one."""
+    return _launch(x, weight, scale, bias, row, residual, skip_inputs, skip_weight, with_statistics, warp_specialized=False)
 
 
 def main() -> None:
@@ -81,20 +87,27 @@ def main() -> None:
         skip_weight = torch.randn(c_out, sum(parts), device="cuda").half() / sum(parts) ** 0.5 if parts else None
         operands = (x, weight, scale, bias, row, residual, skip_inputs, skip_weight)
         expected = pointer_kernel(*operands).float()
-        out = conv3x3_fp8(*operands).float()
+
+        def error(out: torch.Tensor) -> float:
+            return ((out.float() - expected).norm() / expected.norm()).item()
+
         row_record = {"kind": kind, "size": size, "c_in": c_in, "c_out": c_out, "skip_parts": list(parts), "calls": calls,
-                      "tma_vs_pointer_rel_err": ((out - expected).norm() / expected.norm()).item(),
-                      "pointer_ms": graphed_ms(lambda: pointer_kernel(*operands), 50),
-                      "tma_ms": graphed_ms(lambda: conv3x3_fp8(*operands), 50)}  # fmt: skip
+                      "tma_vs_pointer_rel_err": error(tma_kernel(*operands)[0]), "op_vs_pointer_rel_err": error(conv3x3_fp8(*operands)),
+                      "pointer_ms": graphed_call_ms(lambda: pointer_kernel(*operands)),
+                      "tma_ms": graphed_call_ms(lambda: tma_kernel(*operands)),
+                      "op_ms": graphed_call_ms(lambda: conv3x3_fp8(*operands))}  # fmt: skip
         if kind == "conv1":
-            row_record["tma_stats_ms"] = graphed_ms(lambda: conv3x3_fp8_stats(x, weight, scale, bias, row), 50)
-        row_record["tma_tflops"] = 2 * args.batch * size * size * (9 * c_in + sum(parts)) * c_out / row_record["tma_ms"] / 1e9
-        for variant in ("pointer", "tma", "tma_stats"):
-            totals[f"{variant}_ms"] += calls * row_record.get(f"{variant}_ms", row_record["tma_ms"])
+            row_record["tma_stats_ms"] = graphed_call_ms(lambda: tma_kernel(*operands, with_statistics=True))
+            row_record["op_stats_ms"] = graphed_call_ms(lambda: conv3x3_fp8_stats(x, weight, scale, bias, row))
+        row_record["op_tflops"] = 2 * args.batch * size * size * (9 * c_in + sum(parts)) * c_out / row_record["op_ms"] / 1e9
+        for variant in ("pointer", "tma", "tma_stats", "op", "op_stats"):
+            plain = "op_ms" if variant.startswith("op") else "tma_ms"  # a second convolution has no statistics variant
+            totals[f"{variant}_ms"] += calls * row_record.get(f"{variant}_ms", row_record[plain])
         record["rows"].append(row_record)
         skip = f" + 1x1 of {'+'.join(map(str, parts))}" if parts else ""
         print(f"{kind} {size}x{size} {c_in}->{c_out}{skip} x{calls}: pointer {row_record['pointer_ms'] * 1e3:.1f} us, "
-              f"TMA {row_record['tma_ms'] * 1e3:.1f} us ({row_record['tma_tflops']:.0f} TFLOP/s)", flush=True)  # fmt: skip
+              f"TMA {row_record['tma_ms'] * 1e3:.1f} us, op {row_record['op_ms'] * 1e3:.1f} us ({row_record['op_tflops']:.0f} TFLOP/s)",
+              flush=True)  # fmt: skip
     record["per_unet_call"] = dict(totals)
     print(f"per U-Net call: {dict(totals)}\nwrote {write_result(args.out, 'conv3x3-speed', record)}")
 

@@ -9,7 +9,11 @@ benchmarks/, never here.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +23,8 @@ INTERPRET = not torch.cuda.is_available()
 if INTERPRET:
     os.environ["TRITON_INTERPRET"] = "1"
 
-from ddpm_triton.kernels.conv3x3 import _tma_pixel_block, conv3x3_fp8, conv3x3_fp8_stats, fused_statistics, pack_weight  # noqa: E402
+from ddpm_triton.kernels.conv3x3 import _statistics_block, _tma_pixel_block, conv3x3_fp8, conv3x3_fp8_stats, fused_statistics, pack_weight  # noqa: E402
+from ddpm_triton.kernels.conv3x3_hopper import Tiling  # noqa: E402
 from ddpm_triton.kernels.group_norm import FP8_MAX, group_norm  # noqa: E402
 from ddpm_triton.kernels.linear import linear_residual  # noqa: E402
 
@@ -186,12 +191,13 @@ def test_conv3x3_fp8_adds_a_skip_projection_in_its_accumulator(n: int, parts: tu
     assert relative_error(out, expected) < 2e-3
 
 
-@pytest.mark.parametrize(("n", "hw", "blocks"), [(2, 16, 2), (5, 4, 1)])  # two blocks per image; four images per block
-def test_conv3x3_fp8_stats_feed_group_norm(n: int, hw: int, blocks: int) -> None:
+@pytest.mark.parametrize(("n", "hw"), [(2, 16), (1, 32), (5, 4)])  # one or more blocks per image; four images per block
+def test_conv3x3_fp8_stats_feed_group_norm(n: int, hw: int) -> None:
     """The statistics a convolution computes in its epilogue normalise its output as a second read would."""
     g = torch.Generator().manual_seed(n + hw)
     x = channels_last(n, 32, hw, hw, generator=g).to(torch.float8_e4m3fn)
     assert fused_statistics(x)
+    blocks = hw * hw // _statistics_block(x, warp_specialized=True)  # the Triton kernel's 128-pixel blocks, or on an H100 the Gluon kernel's 256
     packed, scale = pack_weight(torch.randn(64, 32, 3, 3, generator=g).to(DEVICE) / 17)
     bias = (torch.randn(64, generator=g) + 2.0).to(DEVICE)  # channel means well away from zero
     row = torch.randn(n, 64, generator=g).half().to(DEVICE)
@@ -211,6 +217,38 @@ def test_conv3x3_fp8_stats_feed_group_norm(n: int, hw: int, blocks: int) -> None
     odd = channels_last(1, 32, 5, 5, generator=g).to(torch.float8_e4m3fn)
     with pytest.raises(ValueError, match="needs the TMA kernel"):
         conv3x3_fp8_stats(odd, packed, scale, bias, None)
+
+
+@pytest.mark.parametrize(
+    ("n", "c_in", "c_out", "hw", "has_row", "stats"),
+    [
+        (256, 128, 128, 32, True, True),  # the U-Net's first convolutions: 256-pixel tiles, four per image
+        (256, 512, 256, 16, True, True),  # two output-channel tiles, one pixel tile per image
+        (256, 512, 256, 8, True, True),  # four images per tile
+        (256, 256, 256, 4, True, True),  # 64-pixel tiles, two programs per SM
+        (3, 48, 40, 16, False, False),  # a partial K chunk and a partial output-channel tile, no row
+    ],
+)
+def test_warp_specialized_conv_compiles_for_hopper(n: int, c_in: int, c_out: int, hw: int, has_row: bool, stats: bool) -> None:
+    """The Gluon kernel (`conv3x3_hopper`) through Triton's whole sm_90 pipeline, ptxas included.
+
+    Gluon does not run under Triton's interpreter, so without an H100 this is what can be checked: the
+    kernel compiles for every configuration the U-Net launches, into warp-specialized TMA and FP8
+    wgmma code whose shared memory fits the programs an SM is meant to hold. On an H100 the
+    conv3x3_fp8 tests above run it against conv2d. The compiler runs in a process of its own
+    (tests/hopper_compile.py says why).
+    """
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    script = Path(__file__).with_name("hopper_compile.py")
+    arguments = [str(v) for v in (n, c_in, c_out, hw, int(has_row), int(stats))]
+    result = subprocess.run([sys.executable, str(script), *arguments], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    compiled = json.loads(result.stdout)
+    assert compiled["fp8_wgmma"]  # FP8 tensor-core products
+    assert compiled["warp_specialized"]  # the loader warp gives its registers to the compute warps
+    assert compiled["tma_4d"]  # TMA boxes of the NHWC input
+    programs = Tiling.for_image(hw, hw).programs_per_sm
+    assert programs * (compiled["shared_bytes"] + 1024) <= 228 * 1024  # an H100 SM's shared memory, 1 KB reserved per program
 
 
 def test_conv3x3_fp8_names_what_is_wrong() -> None:

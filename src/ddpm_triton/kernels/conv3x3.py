@@ -11,13 +11,15 @@ A ResBlock whose skip connection is a 1x1 convolution adds it in the same accumu
 decoder block's input is its features and the encoder's skip connection) by the fp16 1x1 weights.
 Run as separate matmuls, the projection's output was written and read back by the epilogue.
 
-Two kernels share that epilogue. On Hopper the input tiles come through tensor descriptors: a
-pixel block is whole image rows, so each tap's tile is one box of the NHWC tensor, and the copy
+Two Triton kernels share that epilogue. On Hopper the input tiles come through tensor descriptors:
+a pixel block is whole image rows, so each tap's tile is one box of the NHWC tensor, and the copy
 engine zero-fills the halo that address arithmetic and masks built in the pointer kernel. At the
 CIFAR-10 U-Net's batch-256 shapes that measured 10-30% faster (benchmarks/README.md). The pointer
 kernel serves Ada and image sizes that are not powers of two; on an H100 it ran at 1.84-2.32x
-cuDNN's fp16 convolution (benchmarks/conv_kernels.py, whose prototype it comes from). Block sizes
-are fixed rather than autotuned, because a tuner would benchmark inside the first request.
+cuDNN's fp16 convolution (benchmarks/conv_kernels.py, whose prototype it comes from). On an H100 a
+convolution with neither residual nor skip projection (a block's first) runs a third kernel,
+warp-specialized in Gluon (`conv3x3_hopper`), 25-30% faster than the TMA kernel. Block sizes are
+fixed rather than autotuned, because a tuner would benchmark inside the first request.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import triton
 from torch import Tensor
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
+
+from .conv3x3_hopper import conv3x3_fp8_ws, statistics_block
 
 FP8_MAX = 448.0
 
@@ -273,24 +277,41 @@ def _empty_output(x: Tensor, c_out: int) -> Tensor:
     return torch.empty((n, c_out, h, w), dtype=torch.float16, device=x.device, memory_format=torch.channels_last)
 
 
+def _warp_specialized(x: Tensor) -> bool:
+    """Whether `conv3x3_hopper`'s kernel runs x's convolution when it has no residual or skip
+    projection: where TMA applies on an sm_90 GPU (wgmma is Hopper's alone)."""
+    return x.is_cuda and _tma_pixel_block(x) is not None and torch.cuda.get_device_capability(x.device) == (9, 0)
+
+
 def fused_statistics(x: Tensor) -> bool:
-    """Whether `conv3x3_fp8_stats` takes this input: its statistics come from the TMA kernel only."""
+    """Whether `conv3x3_fp8_stats` takes this input: its statistics come from the TMA kernels only."""
     return _tma_pixel_block(x) is not None
 
 
-def _empty_statistics(x: Tensor, c_out: int) -> Tensor:
-    n, _, h, w = x.shape
+def _statistics_block(x: Tensor, warp_specialized: bool) -> int:
+    """Pixels per statistics block (one per pixel tile of the kernel that runs) of x's convolution."""
+    _, _, h, w = x.shape
     block_m = _tma_pixel_block(x)
     if block_m is None:
         raise ValueError(f"conv3x3_fp8_stats needs the TMA kernel (Hopper, power-of-two images), not {tuple(x.shape)}")
-    return torch.empty((n, max(1, h * w // block_m), 2, c_out), dtype=torch.float32, device=x.device)
+    return statistics_block(h, w) if warp_specialized and _warp_specialized(x) else min(h * w, block_m)
+
+
+def _empty_statistics(x: Tensor, c_out: int, warp_specialized: bool = True) -> Tensor:
+    n, _, h, w = x.shape
+    blocks = h * w // _statistics_block(x, warp_specialized)
+    return torch.empty((n, blocks, 2, c_out), dtype=torch.float32, device=x.device)
 
 
 def _launch(
     x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None, residual: Tensor | None,
-    skip_inputs: list[Tensor], skip_weight: Tensor | None, stats: Tensor | None, tma: bool = True,
-) -> Tensor:  # fmt: skip
-    """The ops' shared body; `tma=False` runs the pointer kernel where TMA applies too (benchmarks/conv3x3_speed.py)."""
+    skip_inputs: list[Tensor], skip_weight: Tensor | None, with_statistics: bool = False,
+    tma: bool = True, warp_specialized: bool = True,
+) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    """The ops' shared body: the output, and its statistics when asked for. A convolution with
+    neither residual nor skip projection runs `conv3x3_hopper`'s kernel on an H100. For
+    benchmarks/conv3x3_speed.py, `warp_specialized=False` runs the Triton TMA kernel there instead,
+    and `tma=False` the pointer kernel wherever TMA applies."""
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
     x = x.contiguous(memory_format=torch.channels_last)
@@ -302,6 +323,10 @@ def _launch(
     skips = [part.contiguous(memory_format=torch.channels_last) for part in skip_inputs]
     skip_channels = [part.shape[1] for part in skips] + [0, 0]
     skip_k = min(64, max(16, triton.next_power_of_2(max(skip_channels))))  # fp16 dots take K >= 16
+    stats = _empty_statistics(x, c_out, tma and warp_specialized) if with_statistics else None
+    if tma and warp_specialized and residual is None and not skips and _warp_specialized(x):
+        conv3x3_fp8_ws(x, weight, scale.float(), bias.float(), row, out, stats)
+        return out, stats
     block_n, block_k = _blocks(c_in, c_out)
     tail = (scale.float(), bias.float(), out if row is None else row, out if residual is None else residual)
     sizes = (n * h * w, h, w, c_in, c_out, *skip_channels[:2])
@@ -316,7 +341,7 @@ def _launch(
         _conv3x3_fp8_kernel[grid](
             x, weight, *tail, *parts, skip_w, out, *sizes, **flags, EVEN_K=c_in % block_k == 0, BLOCK_M=128, num_warps=4, num_stages=3
         )  # fmt: skip
-        return out
+        return out, None
     images, rows = max(1, block_m // (h * w)), min(h, block_m // w)
     x_desc = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 1), [images, rows, w, block_k])
     w_desc = TensorDescriptor.from_tensor(weight, [block_n, block_k])
@@ -329,7 +354,7 @@ def _launch(
         x_desc, w_desc, *skip_descs, skip_w_desc, *tail, out, out if stats is None else stats, *sizes, **flags,
         IMAGES=images, ROWS=rows, STATS=stats is not None, num_warps=4, num_stages=stages,
     )  # fmt: skip
-    return out
+    return out, stats
 
 
 @torch.library.custom_op("ddpm_triton::conv3x3_fp8", mutates_args=())
@@ -346,7 +371,7 @@ def conv3x3_fp8(
     skip_weight: its fp16 [C_out, sum of C_i] weights (None without skip inputs).
     """
     _check(x, weight, scale, bias, residual, skip_inputs, skip_weight)
-    return _launch(x, weight, scale, bias, row, residual, skip_inputs, skip_weight, None)
+    return _launch(x, weight, scale, bias, row, residual, skip_inputs, skip_weight)[0]
 
 
 @conv3x3_fp8.register_fake
@@ -364,8 +389,9 @@ def conv3x3_fp8_stats(x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, ro
     `group_norm`: fp32 [N, blocks per image, 2, C_out], each pixel block's per-channel mean and sum of
     squared deviations from it. Where `fused_statistics(x)` is false it raises ValueError."""
     _check(x, weight, scale, bias, None, [], None)
-    stats = _empty_statistics(x, weight.shape[0])
-    return _launch(x, weight, scale, bias, row, None, [], None, stats), stats
+    out, stats = _launch(x, weight, scale, bias, row, None, [], None, with_statistics=True)
+    assert stats is not None  # _empty_statistics raises where no TMA kernel computes them
+    return out, stats
 
 
 @conv3x3_fp8_stats.register_fake

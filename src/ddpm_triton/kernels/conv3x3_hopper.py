@@ -1,0 +1,203 @@
+"""`conv3x3_fp8`'s Hopper kernel for a residual block's first convolution: warp-specialized and persistent, in Gluon.
+
+The first convolution adds only the time embedding's row, and may hand GroupNorm its statistics;
+it has neither residual nor skip projection, which stay with `conv3x3`'s Triton kernels. Here
+one loader warp streams each (tap, channel chunk) step's input box and weight tile through a ring
+of shared-memory stages, signalled by mbarriers, while the default partition issues asynchronous
+FP8 wgmma and then runs the epilogue. The grid is persistent, so the loader fills the next tile's
+stages while the epilogue runs. Three things measured on the H100 at the CIFAR-10 U-Net's batch-256
+shapes, against the Triton TMA kernel (benchmarks/README.md):
+- warp specialization and persistence alone: -5%;
+- the output stored as 16-byte runs of channels, converted from the wgmma layout through shared
+  memory (stored straight from that layout, every thread writes 4-byte pieces): a further -10%;
+- 256-pixel tiles, whose weight tiles serve twice the pixels: a further -5% where images are 8x8 or
+  larger. At 4x4 a batch has too few such tiles, and 64-pixel tiles with two programs per SM run.
+
+Gluon kernels do not run under Triton's interpreter, so on a machine without a GPU the tests
+compile this one for sm_90 (`launch_plan` is what they compile) and the Triton kernel computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import triton
+from torch import Tensor
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+LOADER_REGISTERS = gl.constexpr(40)  # the loader warp only computes coordinates
+
+
+@gluon.jit
+def _load(
+    x_desc, w_desc, a_bufs, b_bufs, ready, empty, num_tiles, tiles_n, blocks_per_image, C_IN, chunks,
+    IMAGES: gl.constexpr, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
+):  # fmt: skip
+    """The loader warp: each step's input box (the copy engine zero-fills the image's halo) and weight tile."""
+    step_bytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
+    i = 0
+    for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+        pid_m = tile // tiles_n
+        n0 = (pid_m // blocks_per_image) * IMAGES
+        h0 = (pid_m % blocks_per_image) * ROWS
+        co0 = (tile % tiles_n) * BLOCK_N
+        for step in range(9 * chunks):
+            tap = step // chunks
+            c0 = (step - tap * chunks) * BLOCK_K
+            stage = i % STAGES
+            mbarrier.wait(empty.index(stage), ((i // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1
+            bar = ready.index(stage)
+            mbarrier.expect(bar, step_bytes)
+            tma.async_copy_global_to_shared(x_desc, [n0, h0 + tap // 3 - 1, tap % 3 - 1, c0], bar, a_bufs.index(stage))
+            # Channels past C_IN read the next tap's weights, against input channels that are zeros.
+            tma.async_copy_global_to_shared(w_desc, [co0, tap * C_IN + c0], bar, b_bufs.index(stage))
+            i += 1
+
+
+@gluon.jit
+def _compute(
+    a_bufs, b_bufs, ready, empty, w_scale_ptr, bias_ptr, row_ptr, out_ptr, stats_ptr,
+    num_tiles, tiles_n, blocks_per_image, chunks, N_IMAGES, HW, C_OUT,
+    HAS_ROW: gl.constexpr, STATS: gl.constexpr, IMAGES: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+    BLOCK_K: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
+):  # fmt: skip
+    """The default partition: wgmma over the ring, then the epilogue of `conv3x3._epilogue` (no residual)."""
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BLOCK_N, 32])
+    a_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], gl.float8e4nv)
+    # 16-byte runs of channels per thread for the global stores.
+    store_layout: gl.constexpr = gl.BlockedLayout([1, 8], [256 // BLOCK_N, BLOCK_N // 8], [num_warps, 1], [1, 0])
+    PIXELS: gl.constexpr = BLOCK_M // IMAGES  # of each image in a tile
+    i = 0
+    for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+        acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
+        for step in range(9 * chunks):
+            stage = i % STAGES
+            mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
+            a = a_bufs.index(stage)._reinterpret(gl.float8e4nv, [BLOCK_M, BLOCK_K], a_layout)  # the box as [pixels, K]
+            acc = warpgroup_mma(a, b_bufs.index(stage).permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+            # The previous step's wgmma has finished reading its stage: the loader may refill it.
+            mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), count=1, pred=step > 0)
+            i += 1
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), count=1)
+
+        pid_m = tile // tiles_n
+        co = (tile % tiles_n) * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, acc_layout))
+        local = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, acc_layout))
+        n_mask = co < C_OUT
+        acc = acc * gl.load(w_scale_ptr + co, mask=n_mask, other=0.0)[None, :] + gl.load(bias_ptr + co, mask=n_mask, other=0.0)[None, :]
+        pixel = pid_m * BLOCK_M + local
+        if HAS_ROW:
+            sample = pixel.to(gl.int64) // HW
+            row_mask = (sample < N_IMAGES)[:, None] & n_mask[None, :]
+            acc += gl.load(row_ptr + sample[:, None] * C_OUT + co[None, :], mask=row_mask, other=0.0).to(gl.float32)
+        out = acc.to(gl.float16)
+        if STATS:
+            # Each image's share of the tile, per channel: the mean of the stored values and their
+            # squared deviations from it, which the next GroupNorm combines (`group_norm`).
+            values = out.to(gl.float32)
+            for image in gl.static_range(IMAGES):
+                mine = (local // PIXELS == image)[:, None]
+                mean = gl.sum(gl.where(mine, values, 0.0), axis=0) / PIXELS
+                deviation = gl.where(mine, values - mean[None, :], 0.0)
+                m2 = gl.sum(deviation * deviation, axis=0)
+                n = (pid_m // blocks_per_image) * IMAGES + image
+                where = ((n.to(gl.int64) * blocks_per_image + pid_m % blocks_per_image) * 2) * C_OUT + co
+                mask = n_mask & (n < N_IMAGES)
+                gl.store(stats_ptr + where, mean, mask=mask)
+                gl.store(stats_ptr + where + C_OUT, m2, mask=mask)
+        out = gl.convert_layout(out, store_layout)
+        pixel_s = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, store_layout))
+        co_s = (tile % tiles_n) * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, store_layout))
+        mask_s = (pixel_s < N_IMAGES * HW)[:, None] & (co_s < C_OUT)[None, :]
+        gl.store(out_ptr + pixel_s.to(gl.int64)[:, None] * C_OUT + co_s[None, :], out, mask=mask_s)
+
+
+@gluon.jit
+def _conv3x3_fp8_ws_kernel(
+    x_desc,  # [N, H, W, C_IN] float8_e4m3fn, boxes [IMAGES, ROWS, W, BLOCK_K]
+    w_desc,  # [C_OUT, 9 * C_IN] float8_e4m3fn, boxes [BLOCK_N, BLOCK_K]
+    w_scale_ptr, bias_ptr, row_ptr, out_ptr, stats_ptr,  # as in conv3x3._conv3x3_fp8_tma_kernel
+    num_tiles, tiles_n, blocks_per_image, C_IN, chunks, N_IMAGES, HW, C_OUT,
+    HAS_ROW: gl.constexpr, STATS: gl.constexpr, IMAGES: gl.constexpr, ROWS: gl.constexpr,
+    BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
+):  # fmt: skip
+    BLOCK_M: gl.constexpr = IMAGES * ROWS * x_desc.block_type.shape[2]
+    a_bufs = gl.allocate_shared_memory(gl.float8e4nv, [STAGES] + x_desc.block_type.shape, x_desc.layout)
+    b_bufs = gl.allocate_shared_memory(gl.float8e4nv, [STAGES] + w_desc.block_type.shape, w_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for stage in gl.static_range(STAGES):
+        mbarrier.init(ready.index(stage), count=1)
+        mbarrier.init(empty.index(stage), count=1)
+    gl.warp_specialize([
+        (_compute, (a_bufs, b_bufs, ready, empty, w_scale_ptr, bias_ptr, row_ptr, out_ptr, stats_ptr, num_tiles,
+                    tiles_n, blocks_per_image, chunks, N_IMAGES, HW, C_OUT, HAS_ROW, STATS, IMAGES, BLOCK_M, BLOCK_N,
+                    BLOCK_K, STAGES, num_warps)),
+        (_load, (x_desc, w_desc, a_bufs, b_bufs, ready, empty, num_tiles, tiles_n, blocks_per_image, C_IN, chunks,
+                 IMAGES, ROWS, BLOCK_N, BLOCK_K, STAGES)),
+    ], [1], [LOADER_REGISTERS])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How the kernel covers one convolution: measured on the H100 (the module docstring)."""
+
+    block_m: int  # pixels per tile: whole rows of whole images
+    programs_per_sm: int
+    num_warps: int  # of the default partition
+    maxnreg: int | None  # per-thread registers, bounded so that two programs fit on an SM
+
+    @staticmethod
+    def for_image(h: int, w: int) -> Tiling:
+        if h * w <= 16:
+            return Tiling(block_m=64, programs_per_sm=2, num_warps=4, maxnreg=128)
+        return Tiling(block_m=256, programs_per_sm=1, num_warps=8, maxnreg=None)
+
+
+STAGES = 3
+
+
+def statistics_block(h: int, w: int) -> int:
+    """Pixels per statistics block of this kernel's output (a tile's share of one image)."""
+    return min(h * w, Tiling.for_image(h, w).block_m)
+
+
+def launch_plan(
+    x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None, out: Tensor, stats: Tensor | None, sms: int,
+) -> tuple[tuple[int], tuple[Any, ...], dict[str, Any]]:  # fmt: skip
+    """(grid, arguments, keyword arguments) of the kernel's launch: channels_last FP8 x, `pack_weight`'s
+    weight and scale, fp32 bias, fp16 row or None, the fp16 output and the statistics (or None) to write."""
+    n, c_in, h, w = x.shape
+    c_out = weight.shape[0]
+    tiling = Tiling.for_image(h, w)
+    block_n = min(128, max(16, triton.next_power_of_2(c_out)))
+    block_k = min(128, max(32, triton.next_power_of_2(c_in)))  # FP8 wgmma takes K in steps of 32
+    images, rows = max(1, tiling.block_m // (h * w)), min(h, tiling.block_m // w)
+    x_box, w_box = [images, rows, w, block_k], [block_n, block_k]
+    x_desc = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 1), x_box, gl.NVMMASharedLayout.get_default_for(x_box, gl.float8e4nv))
+    w_desc = TensorDescriptor.from_tensor(weight, w_box, gl.NVMMASharedLayout.get_default_for(w_box, gl.float8e4nv))
+    tiles_n = triton.cdiv(c_out, block_n)
+    num_tiles = triton.cdiv(n * h * w, tiling.block_m) * tiles_n
+    arguments = (
+        x_desc, w_desc, scale, bias, out if row is None else row, out, out if stats is None else stats,
+        num_tiles, tiles_n, h // rows, c_in, triton.cdiv(c_in, block_k), n, h * w, c_out,
+    )  # fmt: skip
+    options = {"HAS_ROW": row is not None, "STATS": stats is not None, "IMAGES": images, "ROWS": rows,
+               "BLOCK_N": block_n, "BLOCK_K": block_k, "STAGES": STAGES, "num_warps": tiling.num_warps,
+               "maxnreg": tiling.maxnreg}  # fmt: skip
+    return (min(num_tiles, tiling.programs_per_sm * sms),), arguments, options
+
+
+def conv3x3_fp8_ws(x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None, out: Tensor, stats: Tensor | None) -> None:
+    """Writes conv2d(x, weight * scale, bias, padding=1) [+ row] into `out` (and its statistics into
+    `stats`), with arguments as `conv3x3._launch` checked and laid out."""
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    grid, arguments, options = launch_plan(x, weight, scale, bias, row, out, stats, sms)
+    _conv3x3_fp8_ws_kernel[grid](*arguments, **options)
