@@ -4,7 +4,7 @@ A script rather than test code: test_kernels.py runs Triton's interpreter (TRITO
 before triton is imported), under which the reductions' combine functions are interpreted ones that
 Gluon cannot compile. The test runs this in a fresh process without it.
 
-    python tests/hopper_compile.py N C_IN C_OUT HW HAS_ROW STATS
+    python tests/hopper_compile.py N C_IN C_OUT HW HAS_ROW STATS HAS_RESIDUAL [SKIP_CHANNELS ...]
 """
 
 from __future__ import annotations
@@ -21,13 +21,19 @@ from triton.runtime.jit import mangle_type
 from ddpm_triton.kernels.conv3x3_hopper import _conv3x3_fp8_ws_kernel, launch_plan
 
 
-def compile_for_hopper(n: int, c_in: int, c_out: int, hw: int, has_row: bool, stats: bool) -> dict[str, object]:
+def compile_for_hopper(
+    n: int, c_in: int, c_out: int, hw: int, has_row: bool, stats: bool, has_residual: bool, skip_channels: list[int]
+) -> dict[str, object]:  # fmt: skip
     x = torch.zeros(n, c_in, hw, hw, dtype=torch.float8_e4m3fn).contiguous(memory_format=torch.channels_last)
     weight = torch.zeros(c_out, 9 * c_in, dtype=torch.float8_e4m3fn)
     out = torch.empty(n, c_out, hw, hw, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
     row = torch.zeros(n, c_out, dtype=torch.float16) if has_row else None
     statistics = torch.empty(n, 1, 2, c_out) if stats else None
-    _, arguments, options = launch_plan(x, weight, torch.ones(c_out), torch.zeros(c_out), row, out, statistics, sms=132)
+    residual = torch.zeros_like(out) if has_residual else None
+    skips = [torch.zeros(n, c, hw, hw, dtype=torch.float16).contiguous(memory_format=torch.channels_last) for c in skip_channels]
+    skip_weight = torch.zeros(c_out, sum(skip_channels), dtype=torch.float16) if skip_channels else None
+    bias = torch.zeros(c_out)
+    _, arguments, options = launch_plan(x, weight, torch.ones(c_out), bias, row, residual, skips, skip_weight, out, statistics, sms=132)
     names = _conv3x3_fp8_ws_kernel.arg_names
     constants = {name: value for name, value in options.items() if name != "maxnreg"}
     signature = {**{name: mangle_type(value) for name, value in zip(names, arguments)}, **{name: "constexpr" for name in constants}}
@@ -39,9 +45,10 @@ def compile_for_hopper(n: int, c_in: int, c_out: int, hw: int, has_row: bool, st
         "warp_specialized": "setmaxnreg" in ptx,
         "tma_4d": "cp.async.bulk.tensor.4d" in ptx,
         "shared_bytes": compiled.metadata.shared,
+        "fp16_wgmma": ".f16.f16" in ptx,
     }
 
 
 if __name__ == "__main__":
-    n, c_in, c_out, hw, has_row, stats = (int(a) for a in sys.argv[1:])
-    print(json.dumps(compile_for_hopper(n, c_in, c_out, hw, bool(has_row), bool(stats))))
+    n, c_in, c_out, hw, has_row, stats, has_residual, *skip_channels = (int(a) for a in sys.argv[1:])
+    print(json.dumps(compile_for_hopper(n, c_in, c_out, hw, bool(has_row), bool(stats), bool(has_residual), skip_channels)))

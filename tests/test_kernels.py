@@ -165,25 +165,26 @@ def test_conv3x3_fp8_matches_conv2d_of_the_same_fp8_values(n: int, c_in: int, c_
 
 
 @pytest.mark.parametrize(
-    ("n", "parts", "c_out", "hw", "tma"),
+    ("n", "c_in", "parts", "c_out", "hw", "tma"),
     [
-        (2, (24,), 32, 5, False),  # one part, not a power of two: the pointer kernel's channel masks
-        (1, (40, 12), 48, 6, False),  # a decoder's two parts, neither a multiple of the 64-channel K chunk
-        (3, (64,), 32, 4, True),  # several images per pixel block
-        (2, (48, 80), 32, 8, True),  # a head chunk running past its part into the tail's weights
-        (1, (32, 32), 16, 16, True),  # two blocks per image
+        (2, 32, (24,), 32, 5, False),  # one part, not a power of two: the pointer kernel's channel masks
+        (1, 32, (40, 12), 48, 6, False),  # a decoder's two parts, neither a multiple of the 64-channel K chunk
+        (3, 32, (64,), 32, 4, True),  # several images per pixel block
+        (2, 32, (48, 80), 32, 8, True),  # a head chunk running past its part into the tail's weights
+        (1, 32, (32, 32), 16, 16, True),  # two blocks per image
+        (2, 128, (96, 40), 64, 8, True),  # C_in 128: on an H100 the Gluon kernel's fp16 steps
     ],
 )
-def test_conv3x3_fp8_adds_a_skip_projection_in_its_accumulator(n: int, parts: tuple[int, ...], c_out: int, hw: int, tma: bool) -> None:
+def test_conv3x3_fp8_adds_a_skip_projection_in_its_accumulator(n: int, c_in: int, parts: tuple[int, ...], c_out: int, hw: int, tma: bool) -> None:
     """conv2 of a ResBlock whose skip connection is a 1x1 convolution of its (possibly two-part) input."""
     g = torch.Generator().manual_seed(sum(parts) + hw)
-    x = channels_last(n, 32, hw, hw, generator=g).to(torch.float8_e4m3fn)
+    x = channels_last(n, c_in, hw, hw, generator=g).to(torch.float8_e4m3fn)
     assert (_tma_pixel_block(x) is not None) == tma
-    packed, scale = pack_weight(torch.randn(c_out, 32, 3, 3, generator=g).to(DEVICE) / 17)
+    packed, scale = pack_weight(torch.randn(c_out, c_in, 3, 3, generator=g).to(DEVICE) / (3 * c_in**0.5))
     bias = torch.randn(c_out, generator=g).to(DEVICE)
     inputs = [channels_last(n, c, hw, hw, generator=g) for c in parts]
     skip_weight = (torch.randn(c_out, sum(parts), generator=g) / sum(parts) ** 0.5).half().to(DEVICE)
-    dequantised = (packed.float() * scale[:, None]).reshape(c_out, 3, 3, 32).permute(0, 3, 1, 2)
+    dequantised = (packed.float() * scale[:, None]).reshape(c_out, 3, 3, c_in).permute(0, 3, 1, 2)
 
     expected = F.conv2d(x.double(), dequantised.double(), bias.double(), padding=1)
     expected = expected + F.conv2d(torch.cat(inputs, 1).double(), skip_weight.double()[:, :, None, None])
@@ -220,31 +221,38 @@ def test_conv3x3_fp8_stats_feed_group_norm(n: int, hw: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("n", "c_in", "c_out", "hw", "has_row", "stats"),
+    ("n", "c_in", "c_out", "hw", "has_row", "stats", "has_residual", "skips"),
     [
-        (256, 128, 128, 32, True, True),  # the U-Net's first convolutions: 256-pixel tiles, four per image
-        (256, 512, 256, 16, True, True),  # two output-channel tiles, one pixel tile per image
-        (256, 512, 256, 8, True, True),  # four images per tile
-        (256, 256, 256, 4, True, True),  # 64-pixel tiles, two programs per SM
-        (3, 48, 40, 16, False, False),  # a partial K chunk and a partial output-channel tile, no row
+        (256, 128, 128, 32, True, True, False, ()),  # first convolutions: 256-pixel tiles, four per image
+        (256, 512, 256, 16, True, True, False, ()),  # two output-channel tiles, one pixel tile per image
+        (256, 512, 256, 8, True, True, False, ()),  # four images per tile
+        (256, 256, 256, 4, True, True, False, ()),  # 64-pixel tiles, two programs per SM
+        (256, 256, 256, 4, False, False, True, ()),  # second convolutions: a residual (at 4x4 only)
+        (256, 128, 128, 32, False, False, False, (256, 128)),  # a decoder's two-part skip projection
+        (256, 256, 256, 4, False, False, False, (256, 256)),
+        (3, 48, 40, 16, True, False, False, ()),  # a partial K chunk and a partial output-channel tile
     ],
 )
-def test_warp_specialized_conv_compiles_for_hopper(n: int, c_in: int, c_out: int, hw: int, has_row: bool, stats: bool) -> None:
+def test_warp_specialized_conv_compiles_for_hopper(
+    n: int, c_in: int, c_out: int, hw: int, has_row: bool, stats: bool, has_residual: bool, skips: tuple[int, ...]
+) -> None:  # fmt: skip
     """The Gluon kernel (`conv3x3_hopper`) through Triton's whole sm_90 pipeline, ptxas included.
 
     Gluon does not run under Triton's interpreter, so without an H100 this is what can be checked: the
     kernel compiles for every configuration the U-Net launches, into warp-specialized TMA and FP8
     wgmma code whose shared memory fits the programs an SM is meant to hold. On an H100 the
-    conv3x3_fp8 tests above run it against conv2d. The compiler runs in a process of its own
+    conv3x3_fp8 tests above run it against conv2d (the skip projection's where C_in is 128 or
+    more, which the kernel needs for it). The compiler runs in a process of its own
     (tests/hopper_compile.py says why).
     """
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     script = Path(__file__).with_name("hopper_compile.py")
-    arguments = [str(v) for v in (n, c_in, c_out, hw, int(has_row), int(stats))]
+    arguments = [str(v) for v in (n, c_in, c_out, hw, int(has_row), int(stats), int(has_residual), *skips)]
     result = subprocess.run([sys.executable, str(script), *arguments], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     compiled = json.loads(result.stdout)
     assert compiled["fp8_wgmma"]  # FP8 tensor-core products
+    assert compiled["fp16_wgmma"] == bool(skips)  # the skip projection's fp16 ones
     assert compiled["warp_specialized"]  # the loader warp gives its registers to the compute warps
     assert compiled["tma_4d"]  # TMA boxes of the NHWC input
     programs = Tiling.for_image(hw, hw).programs_per_sm

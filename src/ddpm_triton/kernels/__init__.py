@@ -5,7 +5,7 @@ kernels and most of the rest in cuDNN fp16 convolutions (benchmarks/README.md). 
 - a GroupNorm (+SiLU) that reads channels_last memory as it lies and writes fp16 or FP8, used by
   the fp8 blocks and by the fast path's attention;
 - a 3x3 convolution that multiplies FP8 on Ada's and Hopper's tensor cores, loading through TMA on
-  Hopper, where a block's first convolution runs warp-specialized (a Gluon kernel);
+  Hopper, where most of them run warp-specialized (a Gluon kernel);
 - an fp16 matmul that adds a residual in its epilogue: attention's output projection.
 
 Importing this package needs `triton`. On a machine without a GPU the Triton kernels run under

@@ -16,10 +16,10 @@ a pixel block is whole image rows, so each tap's tile is one box of the NHWC ten
 engine zero-fills the halo that address arithmetic and masks built in the pointer kernel. At the
 CIFAR-10 U-Net's batch-256 shapes that measured 10-30% faster (benchmarks/README.md). The pointer
 kernel serves Ada and image sizes that are not powers of two; on an H100 it ran at 1.84-2.32x
-cuDNN's fp16 convolution (benchmarks/conv_kernels.py, whose prototype it comes from). On an H100 a
-convolution with neither residual nor skip projection (a block's first) runs a third kernel,
-warp-specialized in Gluon (`conv3x3_hopper`), 25-30% faster than the TMA kernel. Block sizes are
-fixed rather than autotuned, because a tuner would benchmark inside the first request.
+cuDNN's fp16 convolution (benchmarks/conv_kernels.py, whose prototype it comes from). On an H100
+most convolutions run a third kernel, warp-specialized in Gluon (`conv3x3_hopper`), 20-35% faster
+than the TMA kernel; the TMA kernel keeps the residual-adding ones at 8x8 and larger. Block sizes
+are fixed rather than autotuned, because a tuner would benchmark inside the first request.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch import Tensor
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .conv3x3_hopper import conv3x3_fp8_ws, statistics_block
+from . import conv3x3_hopper
 
 FP8_MAX = 448.0
 
@@ -278,8 +278,8 @@ def _empty_output(x: Tensor, c_out: int) -> Tensor:
 
 
 def _warp_specialized(x: Tensor) -> bool:
-    """Whether `conv3x3_hopper`'s kernel runs x's convolution when it has no residual or skip
-    projection: where TMA applies on an sm_90 GPU (wgmma is Hopper's alone)."""
+    """Whether `conv3x3_hopper`'s kernel may run x's convolution: where TMA applies on an sm_90 GPU
+    (wgmma is Hopper's alone)."""
     return x.is_cuda and _tma_pixel_block(x) is not None and torch.cuda.get_device_capability(x.device) == (9, 0)
 
 
@@ -294,7 +294,7 @@ def _statistics_block(x: Tensor, warp_specialized: bool) -> int:
     block_m = _tma_pixel_block(x)
     if block_m is None:
         raise ValueError(f"conv3x3_fp8_stats needs the TMA kernel (Hopper, power-of-two images), not {tuple(x.shape)}")
-    return statistics_block(h, w) if warp_specialized and _warp_specialized(x) else min(h * w, block_m)
+    return conv3x3_hopper.statistics_block(h, w) if warp_specialized and _warp_specialized(x) else min(h * w, block_m)
 
 
 def _empty_statistics(x: Tensor, c_out: int, warp_specialized: bool = True) -> Tensor:
@@ -308,8 +308,8 @@ def _launch(
     skip_inputs: list[Tensor], skip_weight: Tensor | None, with_statistics: bool = False,
     tma: bool = True, warp_specialized: bool = True,
 ) -> tuple[Tensor, Tensor | None]:  # fmt: skip
-    """The ops' shared body: the output, and its statistics when asked for. A convolution with
-    neither residual nor skip projection runs `conv3x3_hopper`'s kernel on an H100. For
+    """The ops' shared body: the output, and its statistics when asked for. On an H100,
+    `conv3x3_hopper`'s kernel runs what it takes (`conv3x3_hopper.takes`). For
     benchmarks/conv3x3_speed.py, `warp_specialized=False` runs the Triton TMA kernel there instead,
     and `tma=False` the pointer kernel wherever TMA applies."""
     n, c_in, h, w = x.shape
@@ -321,22 +321,23 @@ def _launch(
     if row is not None:
         row = row.to(torch.float16).contiguous()
     skips = [part.contiguous(memory_format=torch.channels_last) for part in skip_inputs]
+    skip_weight = None if skip_weight is None else skip_weight.contiguous()
     skip_channels = [part.shape[1] for part in skips] + [0, 0]
     skip_k = min(64, max(16, triton.next_power_of_2(max(skip_channels))))  # fp16 dots take K >= 16
     stats = _empty_statistics(x, c_out, tma and warp_specialized) if with_statistics else None
-    if tma and warp_specialized and residual is None and not skips and _warp_specialized(x):
-        conv3x3_fp8_ws(x, weight, scale.float(), bias.float(), row, out, stats)
+    aligned = all(c % 8 == 0 for c in skip_channels)  # tensor-memory copies need 16-byte rows: fp16 skip inputs, 8 channels
+    if tma and warp_specialized and aligned and _warp_specialized(x) and conv3x3_hopper.takes(h, w, c_in, residual is not None, skip_channels[: len(skips)]):
+        conv3x3_hopper.conv3x3_fp8_ws(x, weight, scale.float(), bias.float(), row, residual, skips, skip_weight, out, stats)
         return out, stats
     block_n, block_k = _blocks(c_in, c_out)
     tail = (scale.float(), bias.float(), out if row is None else row, out if residual is None else residual)
     sizes = (n * h * w, h, w, c_in, c_out, *skip_channels[:2])
     flags = {"HAS_ROW": row is not None, "HAS_RESIDUAL": residual is not None, "SKIPS": len(skips), "SKIP_K": skip_k,
              "BLOCK_N": block_n, "BLOCK_K": block_k}  # fmt: skip
-    # Tensor-memory copies need 16-byte rows: the fp16 skip inputs, a multiple of 8 channels.
-    block_m = _tma_pixel_block(x) if tma and all(c % 8 == 0 for c in skip_channels) else None
+    block_m = _tma_pixel_block(x) if tma and aligned else None
     if block_m is None:
         parts = (skips + [out, out])[:2]
-        skip_w = out if skip_weight is None else skip_weight.contiguous()
+        skip_w = out if skip_weight is None else skip_weight
         grid = (triton.cdiv(n * h * w, 128) * triton.cdiv(c_out, block_n),)
         _conv3x3_fp8_kernel[grid](
             x, weight, *tail, *parts, skip_w, out, *sizes, **flags, EVEN_K=c_in % block_k == 0, BLOCK_M=128, num_warps=4, num_stages=3
@@ -347,7 +348,7 @@ def _launch(
     w_desc = TensorDescriptor.from_tensor(weight, [block_n, block_k])
     skip_descs = [TensorDescriptor.from_tensor(part.permute(0, 2, 3, 1), [images, rows, w, skip_k]) for part in skips]
     skip_descs = (skip_descs + [x_desc, x_desc])[:2]  # the kernel reads only the first SKIPS of them
-    skip_w_desc = w_desc if skip_weight is None else TensorDescriptor.from_tensor(skip_weight.contiguous(), [block_n, skip_k])
+    skip_w_desc = w_desc if skip_weight is None else TensorDescriptor.from_tensor(skip_weight, [block_n, skip_k])
     grid = (triton.cdiv(n * h * w, block_m) * triton.cdiv(c_out, block_n),)
     stages = 4 if block_m < 128 else 3  # measured on the H100 (benchmarks/README.md)
     _conv3x3_fp8_tma_kernel[grid](
