@@ -25,6 +25,10 @@ from .fastpath import TritonGroupNorm
 from .unet import ResBlock
 
 MIN_CAPABILITY = (8, 9)  # FP8 tensor-core instructions: Ada and Hopper onwards
+# Images of fewer pixels share a convolution tile with others, and the epilogue's per-image
+# statistics cost more than GroupNorm's second read of so small a tensor: at 8x8 on the H100,
+# +13 us per first convolution against ~3 us of reading (benchmarks/README.md).
+STATISTICS_MIN_PIXELS = 256
 
 
 class Fp8Conv3x3(nn.Module):
@@ -71,7 +75,8 @@ class Fp8ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, tail: torch.Tensor | None = None) -> torch.Tensor:
         normed, row = self.norm1(x, tail), self.emb(F.silu(emb))
-        if fused_statistics(normed):  # the first convolution's epilogue computes what norm2 needs
+        if fused_statistics(normed) and normed.shape[2] * normed.shape[3] >= STATISTICS_MIN_PIXELS:
+            # The first convolution's epilogue computes what norm2 needs.
             h, stats = self.conv1.with_statistics(normed, row)
             normed = self.norm2(h, stats=stats)
         else:
