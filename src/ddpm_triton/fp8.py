@@ -25,10 +25,11 @@ from .fastpath import TritonGroupNorm
 from .unet import ResBlock
 
 MIN_CAPABILITY = (8, 9)  # FP8 tensor-core instructions: Ada and Hopper onwards
-# Images of fewer pixels share a convolution tile with others, and the epilogue's per-image
-# statistics cost more than GroupNorm's second read of so small a tensor: at 8x8 on the H100,
-# +13 us per first convolution against ~3 us of reading (benchmarks/README.md).
-STATISTICS_MIN_PIXELS = 256
+# Below this, the first convolution's epilogue statistics cost more than GroupNorm's second read
+# of its output. At 8x8 and 4x4 a tile holds several images, and the per-image reductions cost
+# +13 us per convolution against ~3 us of reading; at 16x16 it is close (+9-11 us), and leaving
+# them to GroupNorm measured 0.02 ms faster per U-Net call on the H100 (benchmarks/README.md).
+STATISTICS_MIN_PIXELS = 1024
 
 
 class Fp8Conv3x3(nn.Module):
