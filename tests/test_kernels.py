@@ -3,8 +3,10 @@
 With no GPU they run under Triton's interpreter (TRITON_INTERPRET=1, set before triton is
 imported). The interpreter's float -> fp8 conversion rounds wrongly in Triton 3.5/3.6 (7.81 becomes
 4.0, 500 becomes 256), unlike the GPU's cvt.rn.satfinite, so the fixture below routes that one
-conversion through torch's float8_e4m3fn cast, which is what the GPU computes. Speed is measured in
-benchmarks/, never here.
+conversion through torch's float8_e4m3fn cast, which is what the GPU computes. The convolution's
+Gluon kernel for the H100 (`conv3x3_hopper`) cannot run in the interpreter: without one it is
+compiled for sm_90, and on one the convolution tests run it. Speed is measured in benchmarks/,
+never here.
 """
 
 from __future__ import annotations
