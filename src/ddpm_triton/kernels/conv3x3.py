@@ -326,7 +326,8 @@ def _launch(
     skip_k = min(64, max(16, triton.next_power_of_2(max(skip_channels))))  # fp16 dots take K >= 16
     stats = _empty_statistics(x, c_out, tma and warp_specialized) if with_statistics else None
     aligned = all(c % 8 == 0 for c in skip_channels)  # tensor-memory copies need 16-byte rows: fp16 skip inputs, 8 channels
-    if tma and warp_specialized and aligned and _warp_specialized(x) and conv3x3_hopper.takes(h, w, c_in, residual is not None, skip_channels[: len(skips)]):
+    gluon = tma and warp_specialized and aligned and _warp_specialized(x)
+    if gluon and conv3x3_hopper.takes(h, w, c_in, residual is not None, skip_channels[: len(skips)]):
         conv3x3_hopper.conv3x3_fp8_ws(x, weight, scale.float(), bias.float(), row, residual, skips, skip_weight, out, stats)
         return out, stats
     block_n, block_k = _blocks(c_in, c_out)
