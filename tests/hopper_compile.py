@@ -18,6 +18,7 @@ from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 from triton.runtime.jit import mangle_type
 
+from ddpm_triton.kernels.conv3x3 import _blocks
 from ddpm_triton.kernels.conv3x3_hopper import _conv3x3_fp8_ws_kernel, launch_plan
 
 
@@ -33,7 +34,7 @@ def compile_for_hopper(
     skips = [torch.zeros(n, c, hw, hw, dtype=torch.float16).contiguous(memory_format=torch.channels_last) for c in skip_channels]
     skip_weight = torch.zeros(c_out, sum(skip_channels), dtype=torch.float16) if skip_channels else None
     bias = torch.zeros(c_out)
-    _, arguments, options = launch_plan(x, weight, torch.ones(c_out), bias, row, residual, skips, skip_weight, out, statistics, sms=132)
+    _, arguments, options = launch_plan(x, weight, torch.ones(c_out), bias, row, residual, skips, skip_weight, out, statistics, _blocks(c_in, c_out), sms=132)
     names = _conv3x3_fp8_ws_kernel.arg_names
     constants = {name: value for name, value in options.items() if name != "maxnreg"}
     signature = {**{name: mangle_type(value) for name, value in zip(names, arguments)}, **{name: "constexpr" for name in constants}}

@@ -231,7 +231,8 @@ def pack_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _blocks(c_in: int, c_out: int) -> tuple[int, int]:
-    """(BLOCK_N, BLOCK_K): 128 x 128 where the channels allow; FP8 tensor-core dots take K >= 32."""
+    """(BLOCK_N, BLOCK_K) of all three kernels: 128 x 128 where the channels allow; FP8 tensor-core
+    dots take K >= 32."""
     return min(128, max(16, triton.next_power_of_2(c_out))), min(128, max(32, triton.next_power_of_2(c_in)))
 
 
@@ -326,11 +327,11 @@ def _launch(
     skip_k = min(64, max(16, triton.next_power_of_2(max(skip_channels))))  # fp16 dots take K >= 16
     stats = _empty_statistics(x, c_out, tma and warp_specialized) if with_statistics else None
     aligned = all(c % 8 == 0 for c in skip_channels)  # tensor-memory copies need 16-byte rows: fp16 skip inputs, 8 channels
-    gluon = tma and warp_specialized and aligned and _warp_specialized(x)
-    if gluon and conv3x3_hopper.takes(h, w, c_in, residual is not None, skip_channels[: len(skips)]):
-        conv3x3_hopper.conv3x3_fp8_ws(x, weight, scale.float(), bias.float(), row, residual, skips, skip_weight, out, stats)
-        return out, stats
     block_n, block_k = _blocks(c_in, c_out)
+    gluon = tma and warp_specialized and aligned and _warp_specialized(x)
+    if gluon and conv3x3_hopper.takes(h, w, block_k, residual is not None, skip_channels[: len(skips)]):
+        conv3x3_hopper.conv3x3_fp8_ws(x, weight, scale.float(), bias.float(), row, residual, skips, skip_weight, out, stats, (block_n, block_k))
+        return out, stats
     tail = (scale.float(), bias.float(), out if row is None else row, out if residual is None else residual)
     sizes = (n * h * w, h, w, c_in, c_out, *skip_channels[:2])
     flags = {"HAS_ROW": row is not None, "HAS_RESIDUAL": residual is not None, "SKIPS": len(skips), "SKIP_K": skip_k,

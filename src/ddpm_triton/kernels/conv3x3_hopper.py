@@ -232,29 +232,26 @@ def statistics_block(h: int, w: int) -> int:
     return min(h * w, Tiling.for_image(h, w).block_m)
 
 
-def takes(h: int, w: int, c_in: int, has_residual: bool, skip_channels: list[int]) -> bool:
-    """Whether the package runs this convolution here rather than in `conv3x3`'s Triton kernels. The
-    fp16 skip steps borrow the ring's FP8 stages, so with a skip projection the FP8 chunk must be the
-    full 128 channels; a residual goes where `Tiling.takes_residual`."""
+def takes(h: int, w: int, block_k: int, has_residual: bool, skip_channels: list[int]) -> bool:
+    """Whether the package runs this convolution here rather than in `conv3x3`'s Triton kernels, with
+    `conv3x3._blocks`' K chunk. The fp16 skip steps borrow the ring's FP8 stages, so with a skip
+    projection the chunk must be the full 128 channels; a residual goes where `Tiling.takes_residual`."""
     if skip_channels:
-        return _block_k(c_in) == 128
+        return block_k == 128
     return not has_residual or Tiling.for_image(h, w).takes_residual
-
-
-def _block_k(c_in: int) -> int:
-    return min(128, max(32, triton.next_power_of_2(c_in)))  # FP8 wgmma takes K in steps of 32
 
 
 def launch_plan(
     x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None, residual: Tensor | None,
-    skips: list[Tensor], skip_weight: Tensor | None, out: Tensor, stats: Tensor | None, sms: int,
+    skips: list[Tensor], skip_weight: Tensor | None, out: Tensor, stats: Tensor | None, blocks: tuple[int, int], sms: int,
 ) -> tuple[tuple[int], tuple[Any, ...], dict[str, Any]]:  # fmt: skip
     """(grid, arguments, keyword arguments) of the kernel's launch, for operands as `conv3x3._launch`
-    lays them out (channels_last, fp32 scale and bias), the fp16 output and the statistics (or None) to write."""
+    lays them out (channels_last, fp32 scale and bias), the fp16 output and the statistics (or None) to
+    write, and `conv3x3._blocks`' (BLOCK_N, BLOCK_K)."""
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
     tiling = Tiling.for_image(h, w)
-    block_n, block_k = min(128, max(16, triton.next_power_of_2(c_out))), _block_k(c_in)
+    block_n, block_k = blocks
     images, rows = max(1, tiling.block_m // (h * w)), min(h, tiling.block_m // w)
 
     def descriptor(tensor: Tensor, box: list[int], dtype: Any) -> TensorDescriptor:
@@ -280,10 +277,10 @@ def launch_plan(
 
 def conv3x3_fp8_ws(
     x: Tensor, weight: Tensor, scale: Tensor, bias: Tensor, row: Tensor | None, residual: Tensor | None,
-    skips: list[Tensor], skip_weight: Tensor | None, out: Tensor, stats: Tensor | None,
+    skips: list[Tensor], skip_weight: Tensor | None, out: Tensor, stats: Tensor | None, blocks: tuple[int, int],
 ) -> None:  # fmt: skip
     """Writes `conv3x3.conv3x3_fp8`'s result into `out` (and its statistics into `stats`), with
     arguments as `conv3x3._launch` checked and laid out; see `takes` for what it accepts."""
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    grid, arguments, options = launch_plan(x, weight, scale, bias, row, residual, skips, skip_weight, out, stats, sms)
+    grid, arguments, options = launch_plan(x, weight, scale, bias, row, residual, skips, skip_weight, out, stats, blocks, sms)
     _conv3x3_fp8_ws_kernel[grid](*arguments, **options)
