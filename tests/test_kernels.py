@@ -78,6 +78,8 @@ def group_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
         ((2, 48, 6, 5), 4, 0.0),  # 12 channels per group (not a power of two), 30 pixels (not a block multiple)
         ((1, 384, 4, 4), 32, 0.0),  # the CIFAR-10 U-Net's widest concatenation: several programs per image
         ((2, 32, 8, 8), 8, 300.0),  # a mean far above the spread: the statistics stay exact
+        ((1, 64, 20, 20), 16, 0.0),  # over 256 pixels: the streaming kernel, not the register-resident one
+        ((1, 64, 20, 20), 16, 300.0),
     ],
 )
 def test_group_norm_silu_matches_pytorch(shape: tuple[int, int, int, int], groups: int, offset: float) -> None:
@@ -120,6 +122,20 @@ def test_group_norm_reads_a_concatenation_in_two_parts(head: int, tail: int, gro
     assert out.shape == (2, head + tail, 4, 3) and out.is_contiguous(memory_format=torch.channels_last)
     assert relative_error(out, expected) < 2e-3
     assert relative_error(group_norm(x, skip, weight, bias, groups, 1e-5, True, True, None), expected) < 0.04
+
+
+@pytest.mark.parametrize("hw", [(4, 3), (20, 20)])  # the register-resident kernel and the streaming one
+def test_group_norm_adds_a_head_bias_as_it_reads(hw: tuple[int, int]) -> None:
+    """A bias that x's producer left out (the upsampling's) is added to x's channels, not the tail's."""
+    g = torch.Generator().manual_seed(hw[0])
+    x, skip = channels_last(2, 48, *hw, generator=g), channels_last(2, 16, *hw, generator=g, offset=1.0)
+    head_bias = (torch.randn(48, generator=g) * 3).to(DEVICE)
+    weight, bias = (torch.rand(64, generator=g) + 0.5).to(DEVICE), torch.randn(64, generator=g).to(DEVICE)
+    biased = torch.cat([x.double() + head_bias.double()[:, None, None], skip.double()], 1)
+    expected = group_norm_reference(biased, weight, bias, 16)
+    assert relative_error(group_norm(x, skip, weight, bias, 16, 1e-5, True, False, None, head_bias), expected) < 2e-3
+    with pytest.raises(ValueError, match="head_bias must be float32 of x's 48 channels"):
+        group_norm(x, skip, weight, bias, 16, 1e-5, True, False, None, head_bias[:16])
 
 
 def test_group_norm_names_what_is_wrong() -> None:
@@ -367,6 +383,64 @@ def test_fp8_unet_predicts_the_fp32_unets_noise() -> None:
         out = fp8(x.contiguous(memory_format=torch.channels_last), t, labels)
     assert out.dtype == torch.float32 and out.shape == expected.shape
     assert relative_error(out, expected) < 0.2
+
+
+@pytest.mark.parametrize("two_parts", [False, True])
+def test_fp8_block_takes_over_its_inputs_bias(two_parts: bool) -> None:
+    """A block that absorbs its input's bias computes, from x, what it computed from x + bias."""
+    from ddpm_triton.fp8 import Fp8ResBlock
+    from ddpm_triton.unet import ResBlock
+
+    torch.manual_seed(3)
+    block = ResBlock(48, 32, 64, 0.0, 8).to(DEVICE).half().eval()
+    torch.nn.init.normal_(block.conv2.weight, std=0.05)  # zero-initialised: the test would see only the skip path
+    bias = torch.randn(32 if two_parts else 48, device=DEVICE).half()
+    reference, absorbing = Fp8ResBlock(block), Fp8ResBlock(block)
+    absorbing.absorb_input_bias(bias)
+    x = torch.randn(2, 48, 8, 8, device=DEVICE).half().contiguous(memory_format=torch.channels_last)
+    emb = torch.randn(2, 64, device=DEVICE).half()
+    with torch.inference_mode():
+        if two_parts:  # a decoder block: the bias is the head's (the upsampled features), not the skip connection's
+            head, tail = (part.contiguous(memory_format=torch.channels_last) for part in (x[:, :32], x[:, 32:]))
+            expected = reference((head + bias[:, None, None]).contiguous(memory_format=torch.channels_last), emb, tail)
+            out = absorbing(head, emb, tail)
+        else:
+            expected = reference((x + bias[:, None, None]).contiguous(memory_format=torch.channels_last), emb)
+            out = absorbing(x, emb)
+    assert relative_error(out, expected) < 0.02  # the same FP8 values, give or take a rounding boundary
+    identity = Fp8ResBlock(ResBlock(32, 32, 64, 0.0, 8).to(DEVICE).half())
+    with pytest.raises(ValueError, match="only a block with a skip projection"):
+        identity.absorb_input_bias(bias[:32])
+
+
+def test_fast_fp8_unet_moves_the_upsampling_bias_into_the_next_block() -> None:
+    from ddpm_triton.config import preset
+    from ddpm_triton.fastpath import TransposedUpsample, use_fast_layers
+    from ddpm_triton.precision import PrecisionWrapper
+    from ddpm_triton.unet import UNet
+
+    torch.manual_seed(1)
+    config = preset("tiny").unet
+    model = UNet(config).to(DEVICE).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+        for m in model.upsample:  # biases well away from zero, so that losing one would show
+            if not isinstance(m, torch.nn.Identity):
+                m.conv.bias.normal_(0, 1.0)
+    plain, fast = PrecisionWrapper(model, "fp8").to(DEVICE), PrecisionWrapper(model, "fp8").to(DEVICE)
+    use_fast_layers(fast.unet, triton_kernels=True, pad_channels=False)
+    upsamplings = [m for m in fast.modules() if isinstance(m, TransposedUpsample)]
+    assert upsamplings and all(m.bias is None for m in upsamplings)
+    assert all(level.blocks[0].norm1.head_bias is not None for level in list(fast.unet.up)[1:])
+
+    x = torch.randn(2, config.in_channels, config.image_size, config.image_size, device=DEVICE)
+    t = torch.tensor([10.0, 700.0], device=DEVICE)
+    labels = torch.tensor([1, config.num_classes], device=DEVICE) if config.conditional else None
+    with torch.inference_mode():
+        x = x.contiguous(memory_format=torch.channels_last)
+        assert relative_error(fast(x, t, labels), plain(x, t, labels)) < 0.05
 
 
 def test_fp8_refuses_what_it_cannot_run(monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -74,6 +74,16 @@ class Fp8ResBlock(nn.Module):
         if projects:
             self.conv2.bias += block.skip.bias.detach().float()
 
+    def absorb_input_bias(self, bias: torch.Tensor) -> None:
+        """From now on x arrives without `bias` (per channel of x) added: its producer leaves it to this
+        block, whose GroupNorm adds it as it reads x and whose skip projection carries it in the
+        second convolution's bias (W_skip (x + b) = W_skip x + W_skip b)."""
+        if self.skip_weight is None:
+            raise ValueError("only a block with a skip projection can take over its input's bias")
+        bias = bias.detach().float()
+        self.norm1.head_bias = bias
+        self.conv2.bias += self.skip_weight[:, : bias.numel()].float() @ bias
+
     def forward(self, x: torch.Tensor, emb: torch.Tensor, tail: torch.Tensor | None = None) -> torch.Tensor:
         normed, row = self.norm1(x, tail), self.emb(F.silu(emb))
         if fused_statistics(normed) and normed.shape[2] * normed.shape[3] >= STATISTICS_MIN_PIXELS:
