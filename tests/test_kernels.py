@@ -452,7 +452,7 @@ def test_fast_fp8_unet_moves_the_upsampling_bias_into_the_next_block() -> None:
                 p.normal_(0, 0.05)
         for m in model.upsample:  # biases well away from zero, so that losing one would show
             if not isinstance(m, torch.nn.Identity):
-                m.conv.bias.normal_(0, 1.0)
+                m.conv.bias.normal_(0, 3.0)
     plain, fast = PrecisionWrapper(model, "fp8").to(DEVICE), PrecisionWrapper(model, "fp8").to(DEVICE)
     use_fast_layers(fast.unet, triton_kernels=True, pad_channels=False)
     assert isinstance(fast.unet.conv_in, NarrowConv3x3) and isinstance(fast.unet.conv_out, NarrowConv3x3)
@@ -464,8 +464,11 @@ def test_fast_fp8_unet_moves_the_upsampling_bias_into_the_next_block() -> None:
     t = torch.tensor([10.0, 700.0], device=DEVICE)
     labels = torch.tensor([1, config.num_classes], device=DEVICE) if config.conditional else None
     with torch.inference_mode():
+        expected = model(x, t, labels)
         x = x.contiguous(memory_format=torch.channels_last)
-        assert relative_error(fast(x, t, labels), plain(x, t, labels)) < 0.05
+        errors = [relative_error(wrapper(x, t, labels), expected) for wrapper in (plain, fast)]
+    # FP8 rounds the two differently (and a random U-Net compounds it): no error of their own beyond that.
+    assert errors[1] < 1.5 * errors[0] + 0.02, errors
 
 
 def test_fp8_refuses_what_it_cannot_run(monkeypatch) -> None:  # type: ignore[no-untyped-def]
