@@ -26,7 +26,6 @@ if INTERPRET:
     os.environ["TRITON_INTERPRET"] = "1"
 
 from ddpm_triton.kernels.conv3x3 import _statistics_block, _tma_pixel_block, conv3x3_fp8, conv3x3_fp8_stats, fused_statistics, pack_weight  # noqa: E402
-from ddpm_triton.kernels import conv3x3_narrow as narrow  # noqa: E402
 from ddpm_triton.kernels.conv3x3_hopper import Tiling  # noqa: E402
 from ddpm_triton.kernels.group_norm import FP8_MAX, group_norm  # noqa: E402
 from ddpm_triton.kernels.linear import linear_residual  # noqa: E402
@@ -300,25 +299,6 @@ def test_conv3x3_fp8_names_what_is_wrong() -> None:
         pack_weight(torch.randn(8, 16, 1, 1))
 
 
-@pytest.mark.parametrize(
-    ("c_in", "c_out", "hw"),
-    [(3, 32, (5, 6)), (1, 16, (7, 7)), (72, 3, (6, 5)), (8, 1, (4, 4))],  # the image's channels in or out; 72: two input steps
-)
-def test_conv3x3_narrow_is_conv2d(c_in: int, c_out: int, hw: tuple[int, int]) -> None:
-    g = torch.Generator().manual_seed(c_in * c_out)
-    x = channels_last(2, c_in, *hw, generator=g)
-    weight = (torch.randn(c_out, c_in, 3, 3, generator=g) / (3 * c_in**0.5)).to(DEVICE)
-    bias = torch.randn(c_out, generator=g).to(DEVICE)
-    out = narrow.conv3x3_narrow(x, narrow.pack_weight(weight), bias)
-    assert out.dtype == torch.float16 and out.is_contiguous(memory_format=torch.channels_last)
-    assert relative_error(out, F.conv2d(x.double(), weight.double(), bias.double(), padding=1)) < 2e-3
-    wider = torch.cat([x, x[:, :1]], dim=1)
-    with pytest.raises(ValueError, match=f"is not pack_weight's for {c_in + 1} input channels"):
-        narrow.conv3x3_narrow(wider, narrow.pack_weight(weight), bias)
-    with pytest.raises(ValueError, match="is not float32 of the weight's output channels"):
-        narrow.conv3x3_narrow(x, narrow.pack_weight(weight), bias.half())
-
-
 @pytest.mark.parametrize(("m", "k", "n"), [(300, 40, 24), (256, 256, 256), (16, 8, 200)])  # masks on every edge; the U-Net's shape
 def test_linear_residual_is_the_projection_plus_the_residual(m: int, k: int, n: int) -> None:
     g = torch.Generator().manual_seed(m + k + n)
@@ -355,8 +335,6 @@ def test_fake_implementations_agree_with_the_kernels() -> None:
     skip = [x[:, :8].contiguous(memory_format=torch.channels_last), x[:, 8:]]
     skip_weight = torch.randn(16, 32, generator=g).half().to(DEVICE)
     torch.library.opcheck(conv3x3_fp8, (*args, channels_last(2, 16, 4, 4, generator=g), skip, skip_weight), test_utils="test_faketensor")
-    image = channels_last(2, 3, 4, 4, generator=g)
-    torch.library.opcheck(narrow.conv3x3_narrow, (image, narrow.pack_weight(torch.randn(32, 3, 3, 3, device=DEVICE)), weight), test_utils="test_faketensor")
     tokens = x.permute(0, 2, 3, 1).reshape(32, 32)
     torch.library.opcheck(linear_residual, (tokens, skip_weight, skip_weight[:, 0], tokens[:, :16]), test_utils="test_faketensor")
 
@@ -437,9 +415,9 @@ def test_fp8_block_takes_over_its_inputs_bias(two_parts: bool) -> None:
 
 def test_fast_fp8_unet_moves_the_upsampling_bias_into_the_next_block() -> None:
     """The fast layers of an fp8 U-Net: the upsampling's bias moves into the next block, and the
-    image-facing convolutions run as `conv3x3_narrow`; the noise predicted stays the same."""
+    noise predicted stays the same."""
     from ddpm_triton.config import preset
-    from ddpm_triton.fastpath import NarrowConv3x3, TransposedUpsample, use_fast_layers
+    from ddpm_triton.fastpath import TransposedUpsample, use_fast_layers
     from ddpm_triton.precision import PrecisionWrapper
     from ddpm_triton.unet import UNet
 
@@ -455,7 +433,6 @@ def test_fast_fp8_unet_moves_the_upsampling_bias_into_the_next_block() -> None:
                 m.conv.bias.normal_(0, 3.0)
     plain, fast = PrecisionWrapper(model, "fp8").to(DEVICE), PrecisionWrapper(model, "fp8").to(DEVICE)
     use_fast_layers(fast.unet, triton_kernels=True, pad_channels=False)
-    assert isinstance(fast.unet.conv_in, NarrowConv3x3) and isinstance(fast.unet.conv_out, NarrowConv3x3)
     upsamplings = [m for m in fast.modules() if isinstance(m, TransposedUpsample)]
     assert upsamplings and all(m.bias is None for m in upsamplings)
     assert all(level.blocks[0].norm1.head_bias is not None for level in list(fast.unet.up)[1:])

@@ -116,33 +116,6 @@ class TransposedUpsample(nn.Module):
         return F.conv_transpose2d(x, self.weight, self.bias, stride=2, padding=1)
 
 
-class NarrowConv3x3(nn.Module):
-    """A 3x3 / padding-1 nn.Conv2d with few input or output channels as `kernels.conv3x3_narrow`
-    (fp16 on a CUDA GPU): the U-Net's input and output convolutions."""
-
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        from .kernels.conv3x3_narrow import conv3x3_narrow, pack_weight  # imports triton: only where a GPU path asks for it
-
-        if not is_narrow(conv):
-            raise ValueError(f"{conv} is not a 3x3 / padding-1 convolution with at most {NARROW_CHANNELS} channels on a side")
-        self.op = conv3x3_narrow
-        self.register_buffer("weight", pack_weight(conv.weight))
-        self.register_buffer("bias", conv.bias.detach().float() if conv.bias is not None else conv.weight.new_zeros(conv.out_channels, dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x, self.weight, self.bias)
-
-
-NARROW_CHANNELS = 16
-
-
-def is_narrow(conv: nn.Conv2d) -> bool:
-    """Whether `NarrowConv3x3` takes this convolution."""
-    plain = conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1)
-    return plain and conv.groups == 1 and min(conv.in_channels, conv.out_channels) <= NARROW_CHANNELS
-
-
 class ChannelPaddedConv(nn.Module):
     """An nn.Conv2d with its channel counts padded to multiples of 8, and its bias in an input channel.
 
@@ -193,9 +166,8 @@ class ChannelPaddedConv(nn.Module):
 def use_fast_layers(model: nn.Module, triton_kernels: bool, pad_channels: bool) -> nn.Module:
     """Replace, in place, the U-Net's layers with their rewrites; returns the model.
 
-    triton_kernels: run the attention's norm and output projection, the output's norm (with its
-    SiLU), and the input and output convolutions as the Triton kernels of `ddpm_triton.kernels`
-    (fp16 on a CUDA GPU). pad_channels:
+    triton_kernels: run the attention's norm and output projection, and the output's norm (with
+    its SiLU), as the Triton kernels of `ddpm_triton.kernels` (fp16 on a CUDA GPU). pad_channels:
     rewrite convolutions whose channel counts are not multiples of 8 as `ChannelPaddedConv` (on a
     GPU, where the input convolution's bias then rides a padded channel).
 
@@ -211,8 +183,6 @@ def use_fast_layers(model: nn.Module, triton_kernels: bool, pad_channels: bool) 
                 setattr(parent, name, TokenAttention(child, triton_kernels))
             elif isinstance(child, Upsample):
                 setattr(parent, name, TransposedUpsample(child))
-            elif triton_kernels and isinstance(child, nn.Conv2d) and is_narrow(child):
-                setattr(parent, name, NarrowConv3x3(child))
             elif pad_channels and isinstance(child, nn.Conv2d) and (child.in_channels % 8 or child.out_channels % 8):
                 setattr(parent, name, ChannelPaddedConv(child))
     if isinstance(model, UNet):
