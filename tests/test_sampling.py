@@ -25,6 +25,19 @@ def test_noise_of_an_image_does_not_depend_on_its_batch():
     assert torch.equal(alone[0], in_batch[1])
 
 
+def test_a_large_requests_x_T_drawn_in_runs_is_one_draw():
+    """The stepper draws x_T of many images on several threads; the bits are those of one draw."""
+    from ddpm_triton.stepper import INITIAL_NOISE_RUN, Stepper
+
+    config = preset("tiny")
+    shape = (config.unet.in_channels, config.unet.image_size, config.unet.image_size)
+    n = 2 * INITIAL_NOISE_RUN + 3
+    stepper = Stepper(lambda x, t, labels: x, Diffusion(config.diffusion), shape, n, 10, None, torch.device("cpu"))
+    seeds = np.arange(n, dtype=np.int64) * 7919 - 40
+    admission = stepper.prepare(seeds, np.full(n, 10), np.ones(n, np.float32), None, None)
+    assert torch.equal(admission.x, SeededNoise(shape)(torch.from_numpy(seeds), 0))
+
+
 def test_negative_and_large_seeds_are_distinct():
     noise = SeededNoise((16,))
     draws = noise(torch.tensor([-1, 2**32 - 1, 2**63 - 1, -(2**63)]), 0)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import collections
 import functools
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +28,9 @@ from .sampling import timesteps, to_uint8
 
 UNetFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 """(x [B, C, H, W] float32, t [B] float32, labels [B] int or None) -> eps [B, C, H, W] float32."""
+
+INITIAL_NOISE_RUN = 32
+"""Images per task when a request's x_T is drawn on the host's threads (`Stepper.prepare`)."""
 
 RUN_AHEAD = 2
 """Steps the host may queue ahead of the GPU: enough to hide launch overhead, few enough that a
@@ -129,6 +134,7 @@ class Stepper:
         # x_T is drawn on the host and copied once: on the device its hash is some sixty tiny kernels
         # queued between steps (a quarter of the stepping thread's time with 64 clients on an H100).
         self._initial_noise = SeededNoise(image_shape)
+        self._noise_threads = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="ddpm-x-T")
         self.cuda_graphs = cuda_graphs
         self._update = compile_update(self.sampler_update) if cuda_graphs else self.sampler_update
         self.run_ahead = run_ahead  # steps the host may queue ahead of the GPU
@@ -156,13 +162,25 @@ class Stepper:
         # Absent options reset the slot (null label, no guidance): a reused slot keeps nothing.
         labels = np.full(n, self.null_label or 0, np.int64) if labels is None else labels
         guidance = np.ones(n, np.float32) if guidance is None else guidance
-        with torch.inference_mode():
-            x = self._initial_noise(torch.from_numpy(np.ascontiguousarray(seeds, np.int64)), 0)
+        x = self._draw_initial_noise(torch.from_numpy(np.ascontiguousarray(seeds, np.int64)))
         host = [x, *(torch.from_numpy(np.ascontiguousarray(a, d)) for a, d in (
             (table, np.int64), (seeds, np.int64), (eta, np.float32), (labels, np.int64), (guidance, np.float32)))]
         if self.device.type == "cuda":  # pinned: the copies in `admit` do not stall the stepping thread
             host = [t.pin_memory() for t in host]
         return Admission(*host, lengths=np.array([len(s) for s in schedules], np.int64))
+
+    def _draw_initial_noise(self, seeds: torch.Tensor) -> torch.Tensor:
+        """x_T of `seeds`, in runs of INITIAL_NOISE_RUN images on threads of their own.
+
+        The server's stub runs torch on one intra-op thread (serving/ddpm_model.py says why), where a
+        256-image request's x_T took about 38 ms on a 2-core CPU machine before its first step could
+        start; torch releases the GIL, so the runs overlap. An image's noise depends on its seed
+        alone, so runs give the same bits as one draw.
+        """
+        runs = seeds.split(INITIAL_NOISE_RUN)
+        if len(runs) == 1:
+            return self._initial_noise(seeds, 0)
+        return torch.cat(list(self._noise_threads.map(lambda run: self._initial_noise(run, 0), runs)))
 
     def admit(self, slots: np.ndarray, admission: Admission) -> None:
         """Fill `slots` with the prepared images at x_T, each at the start of its own schedule."""
