@@ -44,6 +44,7 @@ SECTOR_CHANNELS = 16  # fp16 channels in a 32-byte memory sector
 # narrow slices, so many small programs, won at 4x4 and 16x16, and 64 channels at 8x8.
 RESIDENT_CHANNELS = {16: 32, 64: 64, 256: 32}
 RESIDENT_MAX_PIXELS = 256
+RESIDENT_MAX_ELEMENTS = 16384  # a larger slice (wide groups) would spill registers: it streams instead
 ELEMENTS_PER_THREAD = 64  # the resident kernel's warps: about this many fp32 values per thread
 
 
@@ -292,7 +293,8 @@ def group_norm(
 
 
 def _resident_plan(hw: int, groups: int, channels_per_group: int) -> tuple[int, int] | None:
-    """(groups per program, warps) of the register-resident kernel, or None above RESIDENT_MAX_PIXELS.
+    """(groups per program, warps) of the register-resident kernel, or None above RESIDENT_MAX_PIXELS
+    or RESIDENT_MAX_ELEMENTS.
 
     A program's channels are the fewest whole groups that reach RESIDENT_CHANNELS and end on a
     32-byte sector: 12-channel groups (the 384-channel concatenation) go 4 to a program.
@@ -304,7 +306,9 @@ def _resident_plan(hw: int, groups: int, channels_per_group: int) -> tuple[int, 
     widths = ((count, count * channels_per_group) for count in range(1, groups + 1))
     per_program = next((count for count, width in widths if width >= target and width % SECTOR_CHANNELS == 0), groups)
     elements = block_hw * triton.next_power_of_2(per_program * channels_per_group)
-    return per_program, min(16, max(2, elements // (32 * ELEMENTS_PER_THREAD)))
+    if elements > RESIDENT_MAX_ELEMENTS:
+        return None
+    return per_program, max(2, elements // (32 * ELEMENTS_PER_THREAD))
 
 
 def _launch_resident(
