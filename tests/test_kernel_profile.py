@@ -15,7 +15,10 @@ H100_KERNELS = {
     "void at::native::vectorized_elementwise_kernel<4, at::native::exp_kernel_cuda>": "other",
     "_group_norm_silu_kernel": "groupnorm",  # the project's own kernels (the older name in committed profiles)
     "_group_norm_kernel": "groupnorm",
+    "_group_norm_resident_kernel": "groupnorm",
     "_conv3x3_fp8_kernel": "convolution",
+    "_conv3x3_fp8_tma_kernel": "convolution",
+    "_conv3x3_fp8_ws_kernel": "convolution",  # the Gluon kernel
     "_linear_residual_kernel": "matmul",
 }
 
