@@ -172,10 +172,11 @@ class Stepper:
     def _draw_initial_noise(self, seeds: torch.Tensor) -> torch.Tensor:
         """x_T of `seeds`, in runs of INITIAL_NOISE_RUN images on threads of their own.
 
-        The server's stub runs torch on one intra-op thread (serving/ddpm_model.py says why), where a
-        256-image request's x_T took about 38 ms on a 2-core CPU machine before its first step could
-        start; torch releases the GIL, so the runs overlap. An image's noise depends on its seed
-        alone, so runs give the same bits as one draw.
+        The server's stub runs torch on one intra-op thread (serving/ddpm_model.py says why), and
+        there a 256-image request waited for its x_T before its first step: through Triton on the
+        H100 its 50 DDIM steps took 413 ms at p50 against 352 in-process, and 330 with the runs
+        (benchmarks/README.md). torch releases the GIL, so the runs overlap. An image's noise
+        depends on its seed alone, so runs give the same bits as one draw.
         """
         runs = seeds.split(INITIAL_NOISE_RUN)
         if len(runs) == 1:
