@@ -3,10 +3,12 @@
 The U-Net rows are one compiled call of the CIFAR-10 U-Net (random weights) replayed as a CUDA
 graph, as the server's stepper runs it; they are where `runners.FP8_MIN_BATCH` comes from. The
 GroupNorm rows time `ddpm_triton.kernels.group_norm` (fp16 and FP8 output) against torch.compile's
-GroupNorm+SiLU of the same channels_last tensor, at the U-Net's widest shapes, ten calls to a CUDA
-graph as the U-Net runs them: timed one launch at a time (`triton.testing.do_bench`, the records
-before 2026-11-24), the small shapes measured the host's launch cost, not the kernel. Needs an
-sm_89+ GPU.
+GroupNorm+SiLU of the same channels_last tensor, at the U-Net's shapes, ten calls to a CUDA graph
+as the U-Net runs them: timed one launch at a time (`triton.testing.do_bench`, the records before
+2026-11-24), the small shapes measured the host's launch cost, not the kernel. Beside them, the
+streaming kernel alone (`streaming_ms`: what the op ran before images of up to 16x16 went to the
+register-resident kernel) and a one-pass copy of the same bytes (fp16 read, FP8 written:
+`copy_ms`, the floor). Needs an sm_89+ GPU.
 
     python benchmarks/fp8_speed.py --batches 2,8,32,64,128,256
 """
@@ -24,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from ddpm_triton.bench import random_checkpoint
-from ddpm_triton.kernels.group_norm import group_norm
+from ddpm_triton.kernels.group_norm import _launch_streaming, group_norm
 from ddpm_triton.provenance import stamp, write_result
 from ddpm_triton.runners import FP8_MIN_BATCH, load_runner
 
-NORM_SHAPES = [(128, 32), (256, 32), (384, 32), (256, 16), (512, 16)]  # (channels, height = width)
+# (channels, height = width): the U-Net's GroupNorm shapes, concatenations as one tensor
+NORM_SHAPES = [(128, 32), (256, 32), (384, 32), (256, 16), (384, 16), (512, 16), (256, 8), (512, 8), (256, 4)]
 
 
 def graphed_ms(fn: Callable[[], object], replays: int = 30) -> float:
@@ -87,13 +90,18 @@ def norm_rows(batch: int) -> list[dict[str, float]]:
             out = group_norm(x, None, weight, bias, 32, 1e-5, True, fp8, None)
             row[f"{name}_rel_err"] = ((out.float() - expected).norm() / expected.norm()).item()
             row[f"{name}_ms"] = graphed_call_ms(lambda: group_norm(x, None, weight, bias, 32, 1e-5, True, fp8, None))
+        out = torch.empty_like(x, dtype=torch.float8_e4m3fn)
+        streaming = (x, None, None, weight, bias, out, 32, 1e-5, True, None)
+        row["streaming_ms"] = graphed_call_ms(lambda: _launch_streaming(*streaming))
+        row["copy_ms"] = graphed_call_ms(lambda: x.to(torch.float8_e4m3fn))
         row["compiled_ms"] = graphed_call_ms(lambda: compiled(x, weight.half(), bias.half()))
         # Useful bytes: the fp16 input read once and the output written once.
         row["fp8_out_GBps"] = x.numel() * 3 / row["fp8_out_ms"] / 1e6
         row["compiled_GBps"] = x.numel() * 4 / row["compiled_ms"] / 1e6
         rows.append(row)
-        print(f"GroupNorm+SiLU {channels}x{size}x{size}: fp8 out {row['fp8_out_ms']:.3f} ms, fp16 out "
-              f"{row['fp16_out_ms']:.3f}, compiled {row['compiled_ms']:.3f}", flush=True)  # fmt: skip
+        print(f"GroupNorm+SiLU {channels}x{size}x{size}: fp8 out {row['fp8_out_ms']:.4f} ms (streaming "
+              f"{row['streaming_ms']:.4f}, copy {row['copy_ms']:.4f}), fp16 out {row['fp16_out_ms']:.4f}, "
+              f"compiled {row['compiled_ms']:.4f}", flush=True)  # fmt: skip
     return rows
 
 
