@@ -367,6 +367,7 @@ def test_a_killed_stub_fails_its_requests_fast_and_the_watchdog_brings_the_model
         assert server.watchdog is not None
         (unet,) = _stubs(server, UNET)
         (ddpm,) = _stubs(server, "ddpm")
+        _wait_for(lambda: unet.pid in server.watchdog.seen_alive(), 10, "the watchdog to see the U-Net's stub")
 
         # Three streams of 32-image U-Net calls: one executing and more queued at any moment.
         sent: list[tuple[float, float, Any]] = []  # (sent, answered, images or error)
@@ -444,6 +445,7 @@ def test_a_killed_ddpm_stub_fails_its_in_flight_requests_and_the_watchdog_restar
         old_pid = server.process.pid
         old_stubs = {s.model: s for s in _stubs(server)}
         ddpm = old_stubs["ddpm"]
+        _wait_for(lambda: ddpm.pid in server.watchdog.seen_alive(), 10, "the watchdog to see ddpm's stub")
         library = [
             DDPMClient(url, protocol, retries=8, backoff_s=0.5, timeout_s=CLIENT_DEADLINE_S)
             for url, protocol in ((server.grpc_url, "grpc"), (server.http_url, "http"))

@@ -261,6 +261,11 @@ class Watchdog:
             except Exception:  # noqa: BLE001 - a watchdog that dies of one bad answer watches nothing
                 self.log.exception("watchdog: check failed; trying again in %.1f s", self.interval_s)
 
+    def seen_alive(self) -> frozenset[int]:
+        """The pids of the stubs alive at the last check. A stub that dies before any check saw it
+        is still mended, but its restart cannot name it (`Restart.dead` is empty)."""
+        return frozenset(self._seen)
+
     def leaked_regions(self) -> set[str]:
         """Shared-memory regions of stubs that died: Triton never finalizes their instances, so it
         never removes these from /dev/shm. Safe to unlink once the server has exited."""
