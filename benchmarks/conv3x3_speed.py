@@ -2,7 +2,7 @@
 
 Per shape, one call's share of a CUDA graph of ten (no launch overhead) of: the pointer kernel, the
 Triton TMA kernel, and what the op runs (`op`: on an H100 the warp-specialized Gluon kernel of
-`conv3x3_hopper` for first convolutions, the TMA kernel for the rest); for first convolutions also
+`conv3x3_hopper`); for first convolutions also
 the TMA kernel and the op computing GroupNorm statistics in their epilogues. Each convolution gets
 what the U-Net passes it: the first the time embedding, the second the block's input, as a residual
 or as the input of the 1x1 skip projection (in two parts in the decoder). Rows carry how many times

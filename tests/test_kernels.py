@@ -245,7 +245,8 @@ def test_conv3x3_fp8_stats_feed_group_norm(n: int, hw: int) -> None:
         (256, 512, 256, 16, True, True, False, ()),  # two output-channel tiles, one pixel tile per image
         (256, 512, 256, 8, True, True, False, ()),  # four images per tile
         (256, 256, 256, 4, True, True, False, ()),  # 64-pixel tiles, two programs per SM
-        (256, 256, 256, 4, False, False, True, ()),  # second convolutions: a residual (at 4x4 only)
+        (256, 256, 256, 4, False, False, True, ()),  # second convolutions: a residual read before the main loop
+        (256, 128, 128, 32, False, False, True, ()),  # and one read in the epilogue (256-pixel tiles)
         (256, 128, 128, 32, False, False, False, (256, 128)),  # a decoder's two-part skip projection
         (256, 256, 256, 4, False, False, False, (256, 256)),
         (3, 48, 40, 16, True, False, False, ()),  # a partial K chunk and a partial output-channel tile

@@ -11,8 +11,10 @@ the CIFAR-10 U-Net's batch-256 shapes, against `conv3x3`'s Triton TMA kernel (be
   memory (stored straight from that layout, every thread writes 4-byte pieces): a further -10%;
 - 256-pixel tiles, whose weight tiles serve twice the pixels: a further -5% where images are 8x8 or
   larger. At 4x4 a batch has too few such tiles, and 64-pixel tiles with two programs per SM run.
-All 44 convolutions of a U-Net call: 3.33 -> 2.79 ms. A residual is the exception (`Tiling`): at
-256-pixel tiles the Triton kernel stays faster, so `takes` leaves those convolutions to it.
+All 44 convolutions of a U-Net call: 3.33 -> 2.79 ms. A residual is read where it costs least
+(`Tiling.early_residual`): before the main loop at 64-pixel tiles, in the epilogue at 256-pixel
+tiles, where holding it across the loop had made the kernel slower than the Triton one (125 against
+114 us at 32x32, 128->128) and reading it late makes it faster (104 us).
 
 Gluon kernels do not run under Triton's interpreter, so on a machine without a GPU the tests
 compile this one for sm_90 (`launch_plan` is what they compile) and the Triton kernels compute.
@@ -118,10 +120,13 @@ def _mma_steps(acc, a_bufs, b_bufs, ready, empty, i, steps, BLOCK_M: gl.constexp
 def _compute(
     a_bufs, b_bufs, ready, empty, w_scale_ptr, bias_ptr, row_ptr, res_ptr, out_ptr, stats_ptr,
     num_tiles, tiles_n, blocks_per_image, chunks, N_IMAGES, HW, C_OUT, C_SKIP, C_SKIP2,
-    HAS_ROW: gl.constexpr, HAS_RESIDUAL: gl.constexpr, SKIPS: gl.constexpr, SKIP_K: gl.constexpr, STATS: gl.constexpr,
-    IMAGES: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, num_warps: gl.constexpr,
+    HAS_ROW: gl.constexpr, HAS_RESIDUAL: gl.constexpr, EARLY_RESIDUAL: gl.constexpr, SKIPS: gl.constexpr,
+    SKIP_K: gl.constexpr, STATS: gl.constexpr, IMAGES: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+    BLOCK_K: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
-    """The default partition: wgmma over the ring, then `conv3x3._epilogue`'s sums."""
+    """The default partition: wgmma over the ring, then `conv3x3._epilogue`'s sums. A residual is read
+    before the main loop into the accumulator's layout (EARLY_RESIDUAL), or after it in the store
+    layout, where each thread reads 16-byte runs and nothing is held across the loop."""
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BLOCK_N, 32])
     # 16-byte runs of channels per thread for the global stores.
     store_layout: gl.constexpr = gl.BlockedLayout([1, 8], [256 // BLOCK_N, BLOCK_N // 8], [num_warps, 1], [1, 0])
@@ -134,12 +139,18 @@ def _compute(
         n_mask = co < C_OUT
         pixel = (pid_m * BLOCK_M + local).to(gl.int64)
         mask = (pixel < N_IMAGES * HW)[:, None] & n_mask[None, :]
-        if HAS_RESIDUAL:
+        if HAS_RESIDUAL and EARLY_RESIDUAL:
             # Loaded before the main loop, whose wgmma hides the read.
             residual = gl.load(res_ptr + pixel[:, None] * C_OUT + co[None, :], mask=mask, other=0.0)
 
         acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
         acc, i = _mma_steps(acc, a_bufs, b_bufs, ready, empty, i, 9 * chunks, BLOCK_M, BLOCK_N, BLOCK_K, gl.float8e4nv)
+        pixel_s = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, store_layout))
+        co_s = (tile % tiles_n) * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, store_layout))
+        mask_s = (pixel_s < N_IMAGES * HW)[:, None] & (co_s < C_OUT)[None, :]
+        where_s = pixel_s.to(gl.int64)[:, None] * C_OUT + co_s[None, :]
+        if HAS_RESIDUAL and not EARLY_RESIDUAL:
+            late_residual = gl.load(res_ptr + where_s, mask=mask_s, other=0.0)  # in flight during the epilogue's sums
         acc = acc * gl.load(w_scale_ptr + co, mask=n_mask, other=0.0)[None, :]
         if SKIPS >= 1:
             acc, i = _mma_steps(acc, a_bufs, b_bufs, ready, empty, i, gl.cdiv(C_SKIP, SKIP_K), BLOCK_M, BLOCK_N, SKIP_K, gl.float16)
@@ -149,7 +160,7 @@ def _compute(
         if HAS_ROW:
             sample = pixel // HW
             acc += gl.load(row_ptr + sample[:, None] * C_OUT + co[None, :], mask=mask, other=0.0).to(gl.float32)
-        if HAS_RESIDUAL:
+        if HAS_RESIDUAL and EARLY_RESIDUAL:
             acc += residual.to(gl.float32)
         out = acc.to(gl.float16)
         if STATS:
@@ -167,10 +178,10 @@ def _compute(
                 gl.store(stats_ptr + where, mean, mask=stats_mask)
                 gl.store(stats_ptr + where + C_OUT, m2, mask=stats_mask)
         out = gl.convert_layout(out, store_layout)
-        pixel_s = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, store_layout))
-        co_s = (tile % tiles_n) * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, store_layout))
-        mask_s = (pixel_s < N_IMAGES * HW)[:, None] & (co_s < C_OUT)[None, :]
-        gl.store(out_ptr + pixel_s.to(gl.int64)[:, None] * C_OUT + co_s[None, :], out, mask=mask_s)
+        if HAS_RESIDUAL and not EARLY_RESIDUAL:
+            # The sum is rounded to fp16 before the residual is added: one more rounding than early.
+            out = (out.to(gl.float32) + late_residual.to(gl.float32)).to(gl.float16)
+        gl.store(out_ptr + where_s, out, mask=mask_s)
 
 
 @gluon.jit
@@ -181,9 +192,9 @@ def _conv3x3_fp8_ws_kernel(
     skip_w_desc,  # [C_OUT, C_SKIP + C_SKIP2] fp16, boxes [BLOCK_N, SKIP_K] (SKIPS >= 1)
     w_scale_ptr, bias_ptr, row_ptr, res_ptr, out_ptr, stats_ptr,  # as in conv3x3._conv3x3_fp8_tma_kernel
     num_tiles, tiles_n, blocks_per_image, C_IN, chunks, N_IMAGES, HW, C_OUT, C_SKIP, C_SKIP2,
-    HAS_ROW: gl.constexpr, HAS_RESIDUAL: gl.constexpr, SKIPS: gl.constexpr, STATS: gl.constexpr,
-    IMAGES: gl.constexpr, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
-    num_warps: gl.constexpr,
+    HAS_ROW: gl.constexpr, HAS_RESIDUAL: gl.constexpr, EARLY_RESIDUAL: gl.constexpr, SKIPS: gl.constexpr,
+    STATS: gl.constexpr, IMAGES: gl.constexpr, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
+    STAGES: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
     BLOCK_M: gl.constexpr = IMAGES * ROWS * x_desc.block_type.shape[2]
     SKIP_K: gl.constexpr = BLOCK_K // 2  # an fp16 step's bytes are an FP8 step's
@@ -196,8 +207,8 @@ def _conv3x3_fp8_ws_kernel(
         mbarrier.init(empty.index(stage), count=1)
     gl.warp_specialize([
         (_compute, (a_bufs, b_bufs, ready, empty, w_scale_ptr, bias_ptr, row_ptr, res_ptr, out_ptr, stats_ptr, num_tiles,
-                    tiles_n, blocks_per_image, chunks, N_IMAGES, HW, C_OUT, C_SKIP, C_SKIP2, HAS_ROW, HAS_RESIDUAL, SKIPS,
-                    SKIP_K, STATS, IMAGES, BLOCK_M, BLOCK_N, BLOCK_K, num_warps)),
+                    tiles_n, blocks_per_image, chunks, N_IMAGES, HW, C_OUT, C_SKIP, C_SKIP2, HAS_ROW, HAS_RESIDUAL,
+                    EARLY_RESIDUAL, SKIPS, SKIP_K, STATS, IMAGES, BLOCK_M, BLOCK_N, BLOCK_K, num_warps)),
         (_load, (x_desc, w_desc, skip_desc, skip2_desc, skip_w_desc, a_bufs, b_bufs, ready, empty, num_tiles, tiles_n,
                  blocks_per_image, C_IN, chunks, C_SKIP, C_SKIP2, SKIPS, IMAGES, ROWS, BLOCK_N, BLOCK_K, STAGES)),
     ], [1], [LOADER_REGISTERS])  # fmt: skip
@@ -211,16 +222,17 @@ class Tiling:
     programs_per_sm: int
     num_warps: int  # of the default partition
     maxnreg: int | None  # per-thread registers, bounded so that two programs fit on an SM
-    # Whether a residual, read into registers before the main loop, pays: at 256-pixel tiles it
-    # measured slower than the Triton kernel (114 -> 125 us at 32x32 128->128), at 64-pixel tiles
-    # faster (11.4 -> 8.6 us at 4x4 256->256).
-    takes_residual: bool
+    # Whether a residual is read into registers before the main loop, whose wgmma hides the read
+    # (4x4, 256->256: 8.6 us against the Triton kernel's 11.4), rather than in the epilogue, which
+    # holds nothing across the loop (32x32, 128->128: 104 against 114 us; 16x16 and 8x8, 256->256:
+    # 77 against 89 and 20 against 23 us; the early read measured 125 us at 32x32).
+    early_residual: bool
 
     @staticmethod
     def for_image(h: int, w: int) -> Tiling:
         if h * w <= 16:
-            return Tiling(block_m=64, programs_per_sm=2, num_warps=4, maxnreg=128, takes_residual=True)
-        return Tiling(block_m=256, programs_per_sm=1, num_warps=8, maxnreg=None, takes_residual=False)
+            return Tiling(block_m=64, programs_per_sm=2, num_warps=4, maxnreg=128, early_residual=True)
+        return Tiling(block_m=256, programs_per_sm=1, num_warps=8, maxnreg=None, early_residual=False)
 
 
 # Three 48 KB stages (256-pixel tiles), with the store conversion's 64 KB, fit an SM's 227 KB.
@@ -232,13 +244,11 @@ def statistics_block(h: int, w: int) -> int:
     return min(h * w, Tiling.for_image(h, w).block_m)
 
 
-def takes(h: int, w: int, block_k: int, has_residual: bool, skip_channels: list[int]) -> bool:
+def takes(block_k: int, skip_channels: list[int]) -> bool:
     """Whether the package runs this convolution here rather than in `conv3x3`'s Triton kernels, with
     `conv3x3._blocks`' K chunk. The fp16 skip steps borrow the ring's FP8 stages, so with a skip
-    projection the chunk must be the full 128 channels; a residual goes where `Tiling.takes_residual`."""
-    if skip_channels:
-        return block_k == 128
-    return not has_residual or Tiling.for_image(h, w).takes_residual
+    projection the chunk must be the full 128 channels."""
+    return block_k == 128 or not skip_channels
 
 
 def launch_plan(
@@ -269,7 +279,7 @@ def launch_plan(
         scale, bias, out if row is None else row, out if residual is None else residual, out, out if stats is None else stats,
         num_tiles, tiles_n, h // rows, c_in, triton.cdiv(c_in, block_k), n, h * w, c_out, *skip_channels[:2],
     )  # fmt: skip
-    options = {"HAS_ROW": row is not None, "HAS_RESIDUAL": residual is not None, "SKIPS": len(skips),
+    options = {"HAS_ROW": row is not None, "HAS_RESIDUAL": residual is not None, "EARLY_RESIDUAL": tiling.early_residual, "SKIPS": len(skips),
                "STATS": stats is not None, "IMAGES": images, "ROWS": rows, "BLOCK_N": block_n, "BLOCK_K": block_k,
                "STAGES": STAGES, "num_warps": tiling.num_warps, "maxnreg": tiling.maxnreg}  # fmt: skip
     return (min(num_tiles, tiling.programs_per_sm * sms),), arguments, options
