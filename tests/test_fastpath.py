@@ -9,7 +9,7 @@ import torch
 
 from ddpm_triton.bench import random_checkpoint
 from ddpm_triton.config import preset
-from ddpm_triton.fastpath import ChannelPaddedConv, TokenAttention, TransposedUpsample, use_fast_layers
+from ddpm_triton.fastpath import ChannelPaddedConv, TapMatmulConv, TokenAttention, TransposedUpsample, use_fast_layers
 from ddpm_triton.runners import load_runner
 from ddpm_triton.unet import SelfAttention, UNet, Upsample
 
@@ -49,6 +49,23 @@ def test_channel_padded_conv_is_the_conv(in_channels: int, out_channels: int, st
     torch.testing.assert_close(padded(x), conv(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("in_channels", "out_channels", "bias"), [(16, 3, True), (12, 1, False), (8, 9, True)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_tap_matmul_conv_is_the_conv(in_channels: int, out_channels: int, bias: bool, channels_last: bool) -> None:
+    torch.manual_seed(in_channels + out_channels)
+    conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
+    if bias:
+        torch.nn.init.normal_(conv.bias)
+    x = torch.randn(2, in_channels, 7, 6)  # not square: rows and columns are not swapped
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = TapMatmulConv(conv)(x)
+    assert out.shape == (2, out_channels, 7, 6) and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, conv(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="not a 3x3 convolution with stride 1 and padding 1"):
+        TapMatmulConv(torch.nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1))
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_token_attention_is_self_attention(channels_last: bool) -> None:
     torch.manual_seed(1)
@@ -73,7 +90,7 @@ def test_fast_unet_predicts_the_same_noise(name: str) -> None:
     assert not any(isinstance(m, (SelfAttention, Upsample)) for m in fast.modules())
     assert any(isinstance(m, TokenAttention) for m in fast.modules())
     assert any(isinstance(m, TransposedUpsample) for m in fast.modules())
-    assert isinstance(fast.conv_in, ChannelPaddedConv) and isinstance(fast.conv_out, ChannelPaddedConv)  # the image's channels
+    assert isinstance(fast.conv_in, ChannelPaddedConv) and isinstance(fast.conv_out, TapMatmulConv)  # the image's channels
 
     x = torch.randn(3, config.in_channels, config.image_size, config.image_size)
     t = torch.tensor([1.0, 250.0, 999.0])

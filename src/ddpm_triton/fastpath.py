@@ -163,6 +163,57 @@ class ChannelPaddedConv(nn.Module):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)[:, : self.out_channels]
 
 
+def _is_same_3x3(conv: nn.Conv2d) -> bool:
+    """A 3x3 convolution of stride 1 and padding 1 (the output is the input's size), ungrouped."""
+    return (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups) == ((3, 3), (1, 1), (1, 1), (1, 1), 1)
+
+
+class TapMatmulConv(nn.Module):
+    """A 3x3 convolution with few output channels (the predicted noise) as one matmul, then a shifted sum.
+
+    The matmul gives, at every input pixel, what each of the 9 taps contributes to the output pixel
+    it lands on ([pixels, C_in] x [C_in, 9 * C_out]); a pointwise pass adds each output pixel's 9
+    contributions from its neighbours and the bias. With 3 output channels a convolution kernel is
+    all reading: for the CIFAR-10 U-Net's output convolution (128 -> 3) at batch 256 on the H100,
+    compiled and CUDA-graphed, cuDNN took 0.108 ms, `ChannelPaddedConv` 0.099 and this 0.047.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if not _is_same_3x3(conv):
+            raise ValueError(f"{conv} is not a 3x3 convolution with stride 1 and padding 1")
+        out_channels, in_channels = conv.weight.shape[:2]
+        self.out_channels = out_channels
+        weight = conv.weight.detach().new_zeros(-(-9 * out_channels // 8) * 8, in_channels)
+        weight[: 9 * out_channels] = conv.weight.detach().permute(2, 3, 0, 1).reshape(9 * out_channels, in_channels)
+        self.register_buffer("weight", weight)  # rows (dy, dx, output channel), zeros up to a multiple of 8
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        o = self.out_channels
+        contributions = (tokens(x).reshape(b * h * w, -1) @ self.weight.T)[:, : 9 * o]
+        # Output pixel (y, x) takes tap (dy, dx) from input pixel (y + dy - 1, x + dx - 1): with a
+        # border of zeros, from padded pixel (y + dy, x + dx).
+        padded = F.pad(contributions.view(b, h, w, 9 * o), (0, 0, 1, 1, 1, 1))
+        out = sum(padded[:, dy : dy + h, dx : dx + w, (3 * dy + dx) * o : (3 * dy + dx + 1) * o] for dy in range(3) for dx in range(3))
+        if self.bias is not None:
+            out = out + self.bias
+        return out.permute(0, 3, 1, 2)
+
+
+def _image_conv(conv: nn.Conv2d) -> nn.Module:
+    """The rewrite of a convolution whose channel counts are not multiples of 8 (the image's).
+
+    As a matmul over 3x3 patches, the input convolution measured slower than `ChannelPaddedConv`
+    (0.114 against 0.071 ms compiled, CIFAR-10 at batch 256 on the H100), so only the output
+    convolution is a `TapMatmulConv`.
+    """
+    if _is_same_3x3(conv) and conv.out_channels < 8:
+        return TapMatmulConv(conv)
+    return ChannelPaddedConv(conv)
+
+
 def use_fast_layers(model: nn.Module, triton_kernels: bool, pad_channels: bool) -> nn.Module:
     """Replace, in place, the U-Net's layers with their rewrites; returns the model.
 
@@ -185,7 +236,7 @@ def use_fast_layers(model: nn.Module, triton_kernels: bool, pad_channels: bool) 
             elif isinstance(child, Upsample):
                 setattr(parent, name, TransposedUpsample(child))
             elif pad_channels and isinstance(child, nn.Conv2d) and (child.in_channels % 8 or child.out_channels % 8):
-                setattr(parent, name, ChannelPaddedConv(child))
+                setattr(parent, name, _image_conv(child))
     if isinstance(model, UNet):
         for upsample, level in zip(model.upsample, list(model.up)[1:]):
             consumer = level.blocks[0]
