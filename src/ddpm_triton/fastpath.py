@@ -219,8 +219,9 @@ def use_fast_layers(model: nn.Module, triton_kernels: bool, pad_channels: bool) 
 
     triton_kernels: run the attention's norm and output projection, and the output's norm (with
     its SiLU), as the Triton kernels of `ddpm_triton.kernels` (fp16 on a CUDA GPU). pad_channels:
-    rewrite convolutions whose channel counts are not multiples of 8 as `ChannelPaddedConv` (on a
-    GPU, where the input convolution's bias then rides a padded channel).
+    rewrite convolutions whose channel counts are not multiples of 8, the image's (on a GPU): the
+    output convolution as a `TapMatmulConv`, others as a `ChannelPaddedConv`, where the input
+    convolution's bias rides a padded channel.
 
     A decoder level's first block that can add a bias to its input as it reads it (`fp8.Fp8ResBlock`'s
     `absorb_input_bias`) takes over the upsampling's bias, which saves a pass over the upsampled
