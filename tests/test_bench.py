@@ -35,6 +35,7 @@ def test_bench_smoke_writes_the_result_schema(tmp_path, triton_home):
         else:
             assert row["mean_step_batch"] is None
         assert {"system", "precision", "format", "sampler", "command"} <= row.keys()
+        assert row["sm_clock_mhz"] is row["gpu_power_w"] is row["power_capped"] is None  # no GPU to sample here
     markdown = result.with_suffix(".md").read_text()
     assert markdown.count("| project |") == 7 and markdown.count("| diffusers-fp32-eager |") == 2
     with Image.open(result.with_suffix(".png")) as plot:

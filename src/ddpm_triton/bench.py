@@ -24,6 +24,7 @@ import torch
 from .checkpoint import load_weights, save_weights
 from .config import preset
 from .diffusion import Diffusion
+from .gpu_load import GpuLoad, GpuLoadSampler
 from .perf import PerfRow, run_perf_analyzer, write_input_data
 from .provenance import device_slug, stamp
 from .runners import load_runner
@@ -61,6 +62,15 @@ class Row:
     command: str
     mean_step_batch: float | None = None
     """Via Triton: images per U-Net call over the run (ddpm's counters), how well steps were batched."""
+    sm_clock_mhz: float | None = None  # GPU 0 during the measurement (`gpu_load`): median SM clock,
+    gpu_power_w: float | None = None  # median power draw,
+    power_capped: float | None = None  # and the share of samples clocked down by the power cap
+
+    def under(self, load: GpuLoad | None) -> Row:
+        """This row with the GPU load sampled while it was measured (None on a CPU)."""
+        if load is None:
+            return self
+        return replace(self, sm_clock_mhz=load.sm_clock_mhz, gpu_power_w=load.power_w, power_capped=load.power_capped)
 
 
 @dataclass(frozen=True)
@@ -135,9 +145,10 @@ def in_process_rows(checkpoint: Path, plan: Plan, command: str) -> list[Row]:
         _sample(scheduler, replace(options, steps=np.full(batch, 2)))  # warm-up: graphs of this bucket
         if plan.gpu:
             torch.cuda.reset_peak_memory_stats()
-        times = [_timed(lambda: _sample(scheduler, options)) for _ in range(plan.repeats if steps == plan.short_steps else 1)]
+        with GpuLoadSampler() as gpu:
+            times = [_timed(lambda: _sample(scheduler, options)) for _ in range(plan.repeats if steps == plan.short_steps else 1)]
         peak = torch.cuda.max_memory_reserved() / 2**20 if plan.gpu else None
-        rows.append(_row("project", False, precision, "pytorch", batch, 1, steps, sampler, times, peak, command))
+        rows.append(_row("project", False, precision, "pytorch", batch, 1, steps, sampler, times, peak, command).under(gpu.load()))
     del scheduler, stepper  # the runner (and its GPU memory) goes with the stepper
     _free_gpu()
     return rows
@@ -169,11 +180,12 @@ def peer_rows(plan: Plan, command: str) -> list[Row]:
             (plan.batches[-1], plan.short_steps, "ddim", plan.repeats),
             (long_batch, plan.long_steps, "ddpm", 1),
         ):
-            m = measure_peer(name, batch, steps, device, repeats, preset=plan.preset, sampler=sampler, warmup_calls=1)
+            with GpuLoadSampler() as gpu:
+                m = measure_peer(name, batch, steps, device, repeats, preset=plan.preset, sampler=sampler, warmup_calls=1)
             peak = m["peak_gpu_reserved_mb"]
             rows.append(
                 Row(name, False, m["precision"], "diffusers", batch, 1, steps, sampler, m["images_per_s"], m["p50_ms"],
-                    m["p99_ms"], peak, command)  # fmt: skip
+                    m["p99_ms"], peak, command).under(gpu.load())  # fmt: skip
             )
         release_peers()
     _free_gpu()
@@ -195,10 +207,11 @@ def triton_rows(
     cases += [(long, plan.long_batch, 1, plan.long_steps, "ddpm")]
     rows, memory = [], []
     for data, batch, level, steps, sampler in cases:
-        m, stepped = perf_case(server, data, batch, level, steps == plan.long_steps, plan.stability_percent)
+        with GpuLoadSampler() as gpu:
+            m, stepped = perf_case(server, data, batch, level, steps == plan.long_steps, plan.stability_percent)
         rows.append(
             Row("project", True, precision, fmt, batch, level, steps, sampler, m.inferences_per_s, m.p50_ms,
-                m.p99_ms, gpu_memory_used_mb(), command, stepped.mean_batch)  # fmt: skip
+                m.p99_ms, gpu_memory_used_mb(), command, stepped.mean_batch).under(gpu.load())  # fmt: skip
         )
         memory.append(server_rss(server) // 2**20)
     return rows, memory
@@ -275,19 +288,21 @@ def write_results(
         f"# {model} on {device}", "", f"{record['date']}, commit {record['commit']}", "",
         *(f"`{c}`" for c in commands), "",
         *(f"- {key}: {value}" for key, value in extra.items()), "",
-        "| system | via Triton | format | precision | sampler | steps | batch | concurrency | images/s | p50 ms | p99 ms | GPU MB | step batch |",
-        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| system | via Triton | format | precision | sampler | steps | batch | concurrency | images/s | p50 ms | p99 ms | GPU MB | step batch | SM MHz, W (capped) |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]  # fmt: skip
     for r in rows:
         memory = "" if r.peak_gpu_mb is None else f"{r.peak_gpu_mb:.0f}"
         step_batch = "" if r.mean_step_batch is None else f"{r.mean_step_batch:.1f}"
+        load = "" if r.sm_clock_mhz is None else f"{r.sm_clock_mhz:.0f}, {r.gpu_power_w:.0f} ({r.power_capped:.0%})"
         lines.append(
             f"| {r.system} | {'yes' if r.via_triton else 'no'} | {r.format} | {r.precision} | {r.sampler} | {r.steps} | "
-            f"{r.batch} | {r.concurrency} | {r.images_per_s:.2f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {memory} | {step_batch} |"
+            f"{r.batch} | {r.concurrency} | {r.images_per_s:.2f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {memory} | {step_batch} | {load} |"
         )
     lines += ["", "GPU MB: in-process rows, torch.cuda.max_memory_reserved of the process; via Triton, nvidia-smi's "
               "device total after the measurement (every stub included). step batch: via Triton, images per U-Net "
-              "call during the run (ddpm's Prometheus counters)."]  # fmt: skip
+              "call during the run (ddpm's Prometheus counters). SM MHz, W (capped): GPU 0 during the measurement, "
+              "medians of nvidia-smi samples every 0.5 s, and the share of them clocked down by the power cap."]  # fmt: skip
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     from .benchplot import plot_results
 
