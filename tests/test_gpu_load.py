@@ -31,3 +31,9 @@ def test_the_sampler_records_what_the_host_has() -> None:
         assert load is None
     else:
         assert load is not None and load.sm_clock_mhz > 0 and load.power_w > 0 and 0 <= load.power_capped <= 1
+
+
+def test_an_inactive_sampler_queries_nothing() -> None:
+    with GpuLoadSampler(active=False) as sampler:
+        time.sleep(0.05)
+    assert sampler.load() is None

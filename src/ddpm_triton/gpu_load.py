@@ -42,21 +42,24 @@ def summarize(samples: list[tuple[float, float, bool]]) -> GpuLoad | None:
 
 class GpuLoadSampler:
     """`with GpuLoadSampler() as sampler: ...`, then `sampler.load()`: GPU 0's samples from the block,
-    or None where nvidia-smi is absent (a CPU host) or answered nothing."""
+    or None where nvidia-smi is absent (a CPU host), answered nothing, or `active` is false (the
+    caller's measurement is one that the queries would disturb)."""
 
-    def __init__(self, interval_s: float = 0.5) -> None:
+    def __init__(self, interval_s: float = 0.5, active: bool = True) -> None:
         self.interval_s = interval_s
         self._samples: list[tuple[float, float, bool]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="gpu-load", daemon=True)
+        self._thread = threading.Thread(target=self._poll, name="gpu-load", daemon=True) if active else None
 
     def __enter__(self) -> GpuLoadSampler:
-        self._thread.start()
+        if self._thread is not None:
+            self._thread.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
     def load(self) -> GpuLoad | None:
         return summarize(self._samples)
@@ -71,3 +74,4 @@ class GpuLoadSampler:
             except (OSError, subprocess.CalledProcessError, ValueError):
                 return  # no GPU to watch: the measurement goes on without samples
             self._stop.wait(self.interval_s)
+
