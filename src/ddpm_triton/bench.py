@@ -105,10 +105,12 @@ def random_checkpoint(preset_name: str, path: Path) -> Path:
 
 
 def gpu_load(long_run: bool) -> GpuLoadSampler:
-    """The GPU's clock and power, sampled during the long runs only. There the power cap decides the
-    clock. The short ones are what nvidia-smi's queries would disturb: in the H100 record taken with
-    them, the in-process single-image 50-step requests measured 65 ms at p50, against 54 in the one
-    before without them."""
+    """The GPU's clock and power, sampled during the long runs only: there the power cap decides the
+    clock (on the H100 both the project's and diffusers' 1000-step runs ran capped, 1845-1905 MHz at
+    690 W). The short runs are left unsampled, so no nvidia-smi process competes with their
+    latency-bound host work; whether it would have mattered was not measured. (A record sampled
+    throughout measured single-image requests at 65 ms p50 against 54 the run before, but the next
+    record, unsampled there, measured 70: the hosts differ from call to call.)"""
     return GpuLoadSampler(active=long_run)
 
 
