@@ -38,10 +38,11 @@ SAMPLER_ETA = {"ddim": 0.0, "ddpm": 1.0}
 PARTS = ("in_process", "peers", "triton")
 STEP_COUNTERS = ("ddpm_unet_calls", "ddpm_images_stepped")  # ddpm's Prometheus counters
 # Requests per perf_analyzer window in the long runs. perf_analyzer's throughput is a window's
-# requests over its length, and the length counted about 0.14 s beyond the requests' own latencies:
-# with windows of 2 six-second requests on the H100 it reported 41.51 images/s where the p50
-# latency made 41.98 (256 / 6.098 s), as did the batch-256 50-step windows of 8 (0.13 s each). A
-# longer window dilutes that; three requests keep the benchmark within a device call's ten minutes.
+# requests over its length, and the length can count time beyond the requests' own latencies: with
+# windows of 2 six-second requests on the H100 it reported 41.51 images/s where the p50 latency made
+# 41.98 (256 / 6.098 s), 0.14 s per window. Longer windows dilute such an edge; with 3 the next two
+# records differed by -0.01 and +0.32 s per window, so it varies. Three requests keep the benchmark
+# within a device call's ten minutes.
 LONG_RUN_WINDOW = 3
 
 
