@@ -111,7 +111,8 @@ def gpu_load(long_run: bool) -> GpuLoadSampler:
     690 W). The short runs are left unsampled, so no nvidia-smi process competes with their
     latency-bound host work; whether it would have mattered was not measured. (A record sampled
     throughout measured single-image requests at 65 ms p50 against 54 the run before, but the next
-    record, unsampled there, measured 70: the hosts differ from call to call.)"""
+    record, unsampled there, measured 70: the hosts differ from call to call.) A diffusers peer's
+    samples include its warm-up call, which `measure_peer` makes inside the measurement."""
     return GpuLoadSampler(active=long_run)
 
 
