@@ -106,13 +106,11 @@ def random_checkpoint(preset_name: str, path: Path) -> Path:
 
 
 def gpu_load(long_run: bool) -> GpuLoadSampler:
-    """The GPU's clock and power, sampled during the long runs only: there the power cap decides the
-    clock (on the H100 both the project's and diffusers' 1000-step runs ran capped, 1845-1905 MHz at
-    690 W). The short runs are left unsampled, so no nvidia-smi process competes with their
-    latency-bound host work; whether it would have mattered was not measured. (A record sampled
-    throughout measured single-image requests at 65 ms p50 against 54 the run before, but the next
-    record, unsampled there, measured 70: the hosts differ from call to call.) A diffusers peer's
-    samples include its warm-up call, which `measure_peer` makes inside the measurement."""
+    """The GPU's clock and power, sampled during the long runs only: there the power cap sets the
+    clock (on the H100 both the project's and diffusers' 1000-step runs ran capped). The short runs
+    are latency-bound on the host and left without an nvidia-smi process beside them; whether one
+    would disturb them was not measured (benchmarks/README.md). A diffusers peer's samples include
+    its warm-up call, which `measure_peer` makes inside the measurement."""
     return GpuLoadSampler(active=long_run)
 
 
