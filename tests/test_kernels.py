@@ -29,6 +29,7 @@ from ddpm_triton.kernels.conv3x3 import _statistics_block, _tma_pixel_block, con
 from ddpm_triton.kernels.conv3x3_hopper import Tiling  # noqa: E402
 from ddpm_triton.kernels.group_norm import FP8_MAX, group_norm  # noqa: E402
 from ddpm_triton.kernels.linear import linear_residual  # noqa: E402
+from ddpm_triton.kernels.quantize import quantize_rows, quantize_tensor  # noqa: E402
 
 DEVICE = "cpu" if INTERPRET else "cuda"
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::RuntimeWarning")  # the interpreter's numpy
@@ -322,6 +323,35 @@ def test_linear_residual_names_what_is_wrong() -> None:
         linear_residual(x.float(), weight, bias, torch.zeros(4, 6, dtype=torch.float16, device=DEVICE))
 
 
+def test_quantize_keeps_the_largest_magnitude_of_each_row_or_of_the_whole() -> None:
+    matrix = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0], [300.0, 1000.0, -10.0]])
+    weight, scale = quantize_rows(matrix)
+    assert weight.dtype == torch.float8_e4m3fn and weight.float().abs().amax(dim=1).tolist() == [FP8_MAX, 0.0, FP8_MAX]
+    torch.testing.assert_close(weight.float() * scale[:, None], matrix, rtol=0.07, atol=0.0)  # 3 mantissa bits
+    with pytest.raises(ValueError, match=r"\[rows, K\] matrix, not \(3,\)"):
+        quantize_rows(matrix[0])
+    weight, scale = quantize_tensor(matrix)
+    assert scale.dim() == 0 and weight.float().abs().max() == FP8_MAX
+    torch.testing.assert_close(weight.float() * scale, matrix, rtol=0.07, atol=1e-3)  # 1.0 and 0.5 still sit well inside e4m3's range
+
+
+@pytest.mark.parametrize("rows", [512, 13])  # a multiple of cuBLAS's 16 rows, and one padded to it
+def test_fp8_linear_is_the_projection_of_the_same_fp8_values(rows: int) -> None:
+    from ddpm_triton.fastpath import TokenLinear
+    from ddpm_triton.fp8 import Fp8Linear
+
+    g = torch.Generator().manual_seed(rows)
+    conv = torch.nn.Conv2d(64, 96, 1).to(DEVICE).half()
+    linear = Fp8Linear(TokenLinear(conv))
+    tokens = torch.randn(2, rows, 64, generator=g).to(DEVICE).to(torch.float8_e4m3fn)
+    out = linear(tokens)
+    assert out.shape == (2, rows, 96) and out.dtype == torch.float16
+    expected = tokens.double() @ (linear.weight.double() * linear.scale.double()).T + linear.bias.double()
+    assert relative_error(out, expected) < 1e-3  # fp32 accumulation, one rounding to fp16
+    # Against the unquantised layer: FP8 rounds each weight to 3 mantissa bits.
+    assert relative_error(out, F.linear(tokens.half(), conv.weight[:, :, 0, 0], conv.bias)) < 0.05
+
+
 def test_fake_implementations_agree_with_the_kernels() -> None:
     """What torch.compile traces (the fake kernels' shapes, dtypes and strides) is what runs."""
     g = torch.Generator().manual_seed(7)
@@ -341,7 +371,7 @@ def test_fake_implementations_agree_with_the_kernels() -> None:
 
 
 def test_fp8_unet_predicts_the_fp32_unets_noise() -> None:
-    """The fp8 precision end to end, every ResBlock swapped.
+    """The fp8 precision end to end, every ResBlock and every attention swapped.
 
     Each block's output is within FP8's rounding of its fp32 output (measured 1.5-3.1% on an H100:
     e4m3 keeps 3 mantissa bits of both convolution inputs). With random, untrained weights the
@@ -349,9 +379,10 @@ def test_fp8_unet_predicts_the_fp32_unets_noise() -> None:
     samples are read as the same digit as fp32's every time (`ddpm-triton evaluate`, benchmarks/README.md).
     """
     from ddpm_triton.config import preset
-    from ddpm_triton.fp8 import Fp8ResBlock
+    from ddpm_triton.fastpath import TokenAttention
+    from ddpm_triton.fp8 import Fp8Linear, Fp8ResBlock
     from ddpm_triton.precision import PrecisionWrapper
-    from ddpm_triton.unet import ResBlock, UNet
+    from ddpm_triton.unet import ResBlock, SelfAttention, UNet
 
     torch.manual_seed(0)
     config = preset("tiny").unet
@@ -364,6 +395,9 @@ def test_fp8_unet_predicts_the_fp32_unets_noise() -> None:
     blocks = [m for m in model.modules() if isinstance(m, ResBlock)]
     fp8_blocks = [m for m in fp8.modules() if isinstance(m, Fp8ResBlock)]
     assert len(fp8_blocks) == len(blocks) and not any(isinstance(m, ResBlock) for m in fp8.modules())
+    attentions = [m for m in model.modules() if isinstance(m, SelfAttention)]
+    fp8_attentions = [m for m in fp8.modules() if isinstance(m, TokenAttention) and isinstance(m.qkv, Fp8Linear)]
+    assert attentions and len(fp8_attentions) == len(attentions)
 
     emb = torch.randn(2, 4 * config.base_channels, device=DEVICE)
     with torch.inference_mode():
@@ -376,6 +410,11 @@ def test_fp8_unet_predicts_the_fp32_unets_noise() -> None:
             head = x.shape[1] // 2
             parts = half[:, :head].contiguous(memory_format=torch.channels_last), half[:, head:].contiguous(memory_format=torch.channels_last)
             assert relative_error(fp8_block(parts[0], emb.half(), parts[1]), expected) < 0.05
+        for attention, fp8_attention in zip(attentions, fp8_attentions):
+            x = torch.randn(2, attention.qkv.in_channels, 8, 8, device=DEVICE)
+            # Against what attention adds to its input: FP8 rounds the qkv projection's inputs and weights.
+            change = fp8_attention(x.half().contiguous(memory_format=torch.channels_last)).float() - x
+            assert relative_error(change, attention(x) - x) < 0.05
 
         x = torch.randn(3, config.in_channels, config.image_size, config.image_size, device=DEVICE)
         t = torch.tensor([5.0, 400.0, 999.0], device=DEVICE)
@@ -451,14 +490,14 @@ def test_fast_fp8_unet_moves_the_upsampling_bias_into_the_next_block() -> None:
 
 def test_fp8_refuses_what_it_cannot_run(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from ddpm_triton.config import preset
-    from ddpm_triton.fp8 import use_fp8_resblocks
+    from ddpm_triton.fp8 import use_fp8_layers
     from ddpm_triton.unet import UNet
 
     with pytest.raises(ValueError, match="fp16 U-Net"):
-        use_fp8_resblocks(UNet(preset("tiny").unet))
+        use_fp8_layers(UNet(preset("tiny").unet))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="on a CUDA GPU"):
-        use_fp8_resblocks(UNet(preset("tiny").unet).half())
+        use_fp8_layers(UNet(preset("tiny").unet).half())
 
 
 def test_fp8_runner_runs_small_batches_in_fp16(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

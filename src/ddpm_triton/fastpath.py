@@ -46,6 +46,20 @@ class TritonGroupNorm(nn.Module):
         )
 
 
+class TokenLinear(nn.Module):
+    """A 1x1 convolution as a linear layer over tokens: [..., C_in] -> [..., C_out]."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if conv.kernel_size != (1, 1) or conv.groups != 1 or conv.bias is None:
+            raise ValueError(f"{conv} is not a 1x1 convolution with a bias")
+        self.register_buffer("weight", conv.weight.detach()[:, :, 0, 0].contiguous())
+        self.register_buffer("bias", conv.bias.detach())
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return F.linear(t, self.weight, self.bias)
+
+
 class TokenAttention(nn.Module):
     """`unet.SelfAttention` with the pixels as tokens.
 
@@ -66,14 +80,13 @@ class TokenAttention(nn.Module):
             from .kernels.linear import linear_residual  # imports triton: only where a GPU path asks for it
 
             self.project = linear_residual
-        self.register_buffer("qkv_weight", attention.qkv.weight.detach()[:, :, 0, 0])
-        self.register_buffer("qkv_bias", attention.qkv.bias.detach())
+        self.qkv = TokenLinear(attention.qkv)
         self.register_buffer("proj_weight", attention.proj.weight.detach()[:, :, 0, 0].contiguous())
         self.register_buffer("proj_bias", attention.proj.bias.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        qkv = F.linear(tokens(self.norm(x)), self.qkv_weight, self.qkv_bias)  # channels (q|k|v, head, head_dim)
+        qkv = self.qkv(tokens(self.norm(x)))  # channels (q|k|v, head, head_dim)
         q, k, v = qkv.view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * h * w, c)
         projected = self.project(out, self.proj_weight, self.proj_bias, tokens(x).reshape(b * h * w, c))

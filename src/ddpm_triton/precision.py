@@ -46,9 +46,9 @@ class PrecisionWrapper(nn.Module):
         if self.dtype != torch.float32:
             self.unet.time_embed.register_forward_pre_hook(_cast_inputs_to(self.dtype))
         if precision == "fp8":
-            from .fp8 import use_fp8_resblocks  # imports triton: only where fp8 is asked for
+            from .fp8 import use_fp8_layers  # imports triton: only where fp8 is asked for
 
-            use_fp8_resblocks(self.unet)
+            use_fp8_layers(self.unet)
         self.eval()
 
     # The argument names are the artifact's input names: Triton's LibTorch backend binds config

@@ -31,8 +31,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import conv3x3_hopper
-
-FP8_MAX = 448.0
+from .quantize import quantize_rows
 
 
 @triton.jit
@@ -221,13 +220,11 @@ def _conv3x3_fp8_tma_kernel(
 
 def pack_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[C_out, C_in, 3, 3] weights as the kernel's FP8 [C_out, 9 * C_in] (tap-major) and per-output-channel
-    fp32 scales (each channel's largest magnitude maps to 448)."""
+    fp32 scales (`quantize_rows`)."""
     if weight.dim() != 4 or weight.shape[2:] != (3, 3):
         raise ValueError(f"pack_weight takes [C_out, C_in, 3, 3] weights, not {tuple(weight.shape)}")
     c_out, c_in = weight.shape[:2]
-    packed = weight.detach().float().permute(0, 2, 3, 1).reshape(c_out, 9 * c_in)
-    scale = packed.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / FP8_MAX
-    return (packed / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).contiguous(), scale.contiguous()
+    return quantize_rows(weight.detach().permute(0, 2, 3, 1).reshape(c_out, 9 * c_in))
 
 
 def _blocks(c_in: int, c_out: int) -> tuple[int, int]:

@@ -34,8 +34,9 @@ import torch
 import triton
 import triton.language as tl
 
-FP8_MAX = 448.0  # the largest finite float8_e4m3fn
-_FP8_MAX = tl.constexpr(FP8_MAX)  # the same, readable inside kernels
+from .quantize import FP8_MAX
+
+_FP8_MAX = tl.constexpr(FP8_MAX)  # readable inside kernels
 CHANNELS_PER_PROGRAM = 64  # 128-byte fp16 runs: whole cache lines (a program takes a multiple of it)
 ELEMENTS_PER_STEP = 4096  # pixels x channels one program loads per loop step
 SECTOR_CHANNELS = 16  # fp16 channels in a 32-byte memory sector
