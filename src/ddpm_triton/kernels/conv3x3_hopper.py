@@ -152,8 +152,8 @@ def _compute(
         acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
         acc, i = _mma_steps(acc, a_bufs, b_bufs, ready, empty, i, 9 * chunks, BLOCK_M, BLOCK_N, BLOCK_K, gl.float8e4nv)
         # The store layout's offsets are built where they are used: held across the epilogue's sums,
-        # they cost the registers that made a first convolution at 32x32 (128->128) take 103.5
-        # instead of 84.3 us on the H100.
+        # their registers made a first convolution at 32x32 (128->128) take 103.5 instead of 87 us
+        # on the H100 (benchmarks/README.md).
         pixel_s = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, store_layout))
         co_s = (tile % tiles_n) * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, store_layout))
         if HAS_RESIDUAL and not EARLY_RESIDUAL:
