@@ -42,8 +42,9 @@ STEP_COUNTERS = ("ddpm_unet_calls", "ddpm_images_stepped")  # ddpm's Prometheus 
 # windows of 2 six-second requests on the H100 it reported 41.51 images/s where the p50 latency made
 # 41.98 (256 / 6.098 s), 0.14 s per window. Longer windows dilute such an edge: with 3, four records
 # differed by -0.01 to +0.32 s per window (0.27 s at 639ee65: 42.66 reported against 43.31 from its
-# p50). Five requests leave 0.01-0.06 s of each; the GPU bench runs in two device calls anyway
-# (`--parts`, `--merge`), as it no longer fits in one's ten minutes.
+# p50). With 5 the edge measured 0.16 s per window at b1ed62d (42.19 reported against 42.41), 0.03 s
+# per request. The GPU bench runs in two device calls anyway (`--parts`, `--merge`), as it no longer
+# fits in one's ten minutes.
 LONG_RUN_WINDOW = 5
 
 

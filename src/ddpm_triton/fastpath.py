@@ -80,16 +80,14 @@ class TokenAttention(nn.Module):
             from .kernels.linear import linear_residual  # imports triton: only where a GPU path asks for it
 
             self.project = linear_residual
-        self.qkv = TokenLinear(attention.qkv)
-        self.register_buffer("proj_weight", attention.proj.weight.detach()[:, :, 0, 0].contiguous())
-        self.register_buffer("proj_bias", attention.proj.bias.detach())
+        self.qkv, self.proj = TokenLinear(attention.qkv), TokenLinear(attention.proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(tokens(self.norm(x)))  # channels (q|k|v, head, head_dim)
         q, k, v = qkv.view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * h * w, c)
-        projected = self.project(out, self.proj_weight, self.proj_bias, tokens(x).reshape(b * h * w, c))
+        projected = self.project(out, self.proj.weight, self.proj.bias, tokens(x).reshape(b * h * w, c))
         return feature_map(projected.view(b, h * w, c), h, w)
 
 

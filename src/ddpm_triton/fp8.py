@@ -95,7 +95,7 @@ def fp8_attention(attention: SelfAttention) -> TokenAttention:
     SDPA and the output projection stay fp16: attention's output is not normalised.
     """
     fast = TokenAttention(attention, triton_kernels=True)
-    fast.norm.fp8_out = True
+    fast.norm = TritonGroupNorm(attention.norm, silu=False, fp8_out=True)
     fast.qkv = Fp8Linear(fast.qkv)
     return fast
 
