@@ -165,8 +165,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
             if server.watchdog
             else "watchdog: off"
         )
+        front = f" (front; tritonserver's own: 127.0.0.1:{server.triton_http_port})" if server.front else ""
         print(
-            f"ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}\n"
+            f"ready: HTTP {server.http_url}{front}  gRPC {server.grpc_url}  metrics {server.metrics_url}\n"
             f"admin APIs need header {'admin-key'}: {server.admin_key}   (Ctrl-C stops)\n{watchdog}",
             flush=True,
         )

@@ -63,14 +63,16 @@ def run_perf_analyzer(
     stability_percent: float = 10.0,
     model: str = contract.MODEL_NAME,
     csv_path: Path | None = None,
+    url: str | None = None,
 ) -> list[PerfRow]:
     """Measure `model` at each concurrency in count windows (requests take long; time windows would starve).
 
     perf_analyzer repeats a window until `stability_percent` holds between the last three; a smoke run
-    on a shared CPU passes a loose value, a benchmark keeps the strict default.
+    on a shared CPU passes a loose value, a benchmark keeps the strict default. `url` (host:port)
+    overrides the server's public one for `protocol`.
     """
     csv_path = csv_path or input_data.with_suffix(".csv")
-    url = server.grpc_url if protocol == "grpc" else server.http_url
+    url = url or (server.grpc_url if protocol == "grpc" else server.http_url)
     command = [
         str(server.files.perf_analyzer),
         "-m", model,

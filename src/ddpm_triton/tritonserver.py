@@ -11,6 +11,10 @@ runs in explicit model-control mode (all models loaded by default) with a watchd
 reloads such a model (watchdog.py), or, for a model whose config says `on_stub_death:
 restart_server` (`ddpm`: requests in flight on its dead stub are never answered otherwise), asks
 `TritonServer.restart` to end the process and start it again on the same ports.
+
+Triton 2.51 also aborts on a few HTTP requests that later releases refuse (a JSON input declaring a
+huge shape, JSON nested tens of thousands deep) and reads bodies of any size, so its HTTP endpoint
+listens on a private loopback port behind an `HttpFront` (http_front.py) on the public one.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .http_front import HttpFront
 from .watchdog import LOG as WATCHDOG_LOG
 from .watchdog import ServerRestart, Watchdog, stubs
 
@@ -163,6 +168,9 @@ class TritonServer:
     watchdog checks every `watchdog_interval_s` (0: no watchdog) for a model whose stub process died:
     it reloads that model, or restarts the whole process (`restart`) where the model's config asks.
     `process` and `watchdog` are then the new ones; `server_restarts` lists the restarts.
+
+    With `http_front` (the default) clients reach HTTP on `http_port` through an HttpFront, which
+    outlives restarts; Triton's own HTTP endpoint is on 127.0.0.1:`triton_http_port`.
     """
 
     repository: Path
@@ -176,11 +184,13 @@ class TritonServer:
     model_control: str = "explicit"
     load_models: tuple[str, ...] = ("*",)  # explicit mode only; () loads none
     watchdog_interval_s: float = 1.0
+    http_front: bool = True
     extra_args: tuple[str, ...] = ()
     log_path: Path | None = None
     process: subprocess.Popen | None = None
     watchdog: Watchdog | None = None
     server_restarts: list[Relaunch] = field(default_factory=list)
+    front: HttpFront | None = None
     # Held while the process is replaced or stopped, so that stop() and wait() never see it half done.
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     _stopped: bool = field(default=False, init=False, repr=False)  # by stop(): no restart after it
@@ -188,6 +198,11 @@ class TritonServer:
     @property
     def http_url(self) -> str:
         return f"{self.host}:{self.http_port}"
+
+    @property
+    def triton_http_port(self) -> int:
+        """Where tritonserver itself listens for HTTP: a private port behind the front, if there is one."""
+        return self.front.upstream_port if self.front else self.http_port
 
     @property
     def grpc_url(self) -> str:
@@ -203,8 +218,8 @@ class TritonServer:
             str(self.files.tritonserver),
             f"--model-repository={self.repository.resolve()}",
             f"--backend-directory={self.files.backends.resolve()}",
-            f"--http-address={self.host}",
-            f"--http-port={self.http_port}",
+            f"--http-address={'127.0.0.1' if self.front else self.host}",
+            f"--http-port={self.triton_http_port}",
             f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-address={self.host}",
@@ -226,8 +241,19 @@ class TritonServer:
             raise ServerError(f"no Triton server files in {self.files.home}: run `ddpm-triton install-server` first")
         with self._lock:
             self._stopped = False
-            self._launch()
+            if self.http_front and self.front is None:
+                self.front = HttpFront(self.host, self.http_port, upstream_port=free_port()).start()
+            try:
+                self._launch()
+            except BaseException:
+                self._stop_front()
+                raise
         return self
+
+    def _stop_front(self) -> None:
+        if self.front is not None:
+            self.front.stop()
+            self.front = None
 
     def _launch(self) -> None:
         """Start the process and its watchdog (the lock held)."""
@@ -237,9 +263,9 @@ class TritonServer:
         )
         if self.watchdog_interval_s > 0:
             if self.model_control == "explicit":
-                local = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+                local = "127.0.0.1" if self.front or self.host in ("0.0.0.0", "::", "") else self.host
                 self.watchdog = Watchdog(
-                    f"{local}:{self.http_port}", self.admin_key, self.process.pid, self.watchdog_interval_s,
+                    f"{local}:{self.triton_http_port}", self.admin_key, self.process.pid, self.watchdog_interval_s,
                     restart_server=self._restart_soon,
                 ).start()
             else:
@@ -345,6 +371,7 @@ class TritonServer:
             if watchdog is not None:
                 for region in watchdog.leaked_regions():
                     Path("/dev/shm", region).unlink(missing_ok=True)
+            self._stop_front()
         return code
 
     def _stop_process(self, timeout_s: float, watchdog: Watchdog | None) -> int:
