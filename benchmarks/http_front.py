@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each endpoint, alternating")
     parser.add_argument("--requests-per-window", type=int, default=200)
     parser.add_argument("--stability", type=float, default=10.0, help="perf_analyzer's --stability-percentage")
+    parser.add_argument("--max-trials", type=int, default=10, help="perf_analyzer's windows before it gives up")
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     parser.add_argument(
         "--home", type=Path, default=ROOT / ".cache" / "tritonserver", help="unpacked Triton server files"
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, url in endpoints.items():
                 rows = run_perf_analyzer(server, inputs, levels, protocol="http", url=url,
                                          requests_per_window=args.requests_per_window,
-                                         stability_percent=args.stability,
+                                         stability_percent=args.stability, max_trials=args.max_trials,
                                          csv_path=work / f"{repeat}-{len(runs[name])}-{name[:5]}.csv")  # fmt: skip
                 runs[name].append([asdict(row) for row in rows])
                 print(f"{name:24s} run {repeat + 1}: " + "  ".join(
