@@ -31,7 +31,8 @@ def describe_device(device: str = "cpu") -> str:
 
 def device_slug(description: str) -> str:
     """A describe_device() text as a file-name part: 'GPU: NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
-    return description.split(",")[0].removeprefix("GPU: ").removeprefix("CPU: ").replace(" ", "-").lower()
+    name = description.split(",")[0].removeprefix("GPU: ").removeprefix("CPU: ")
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 COMMIT_ENV = "DDPM_TRITON_COMMIT"
