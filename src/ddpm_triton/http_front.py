@@ -12,8 +12,8 @@ cannot survive or bound, and passes every other request and response through unc
 Both are fixed in later releases, but 2.51 is the newest server that installs without Docker
 (nvidia-pytriton 0.7.0), so `TritonServer` moves Triton's HTTP endpoint to a private loopback port and
 puts this front on the public one. docker-compose.yml serves NGC 25.10 (Triton 2.62) and has no front.
-gRPC needs none: its batch dimension is 32-bit in 2.51 (a declared 2**40 arrives as 0 and `ddpm`'s
-own shape check refuses it), and a message arrives whole, in the size it declares.
+gRPC needs none for these: its batch dimension is 32-bit in 2.51 (a declared batch of 2**40 arrives
+as shape [1], which `ddpm`'s own shape check refuses), and its tensors are bytes, not nested JSON.
 
 Refusals look like Triton's own errors (`{"error": "..."}`, 400 or 413), so tritonclient raises them as
 InferenceServerException with the message. When Triton drops a connection without an answer (killed
