@@ -46,9 +46,10 @@ HEADER_LENGTH = "Inference-Header-Content-Length"  # set when binary tensors fol
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in ("Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-              "Transfer-Encoding", "Upgrade", "Host", "Content-Length")  # fmt: skip
+              "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Expect")  # fmt: skip
 )
-"""Headers that describe one connection, not the message: each side of the front sets its own."""
+"""Headers that describe one connection, not the message: each side of the front sets its own (and
+the front has read the whole body before it connects, so a client's `Expect: 100-continue` ends there)."""
 
 
 class Refusal(Exception):
