@@ -222,12 +222,10 @@ class HttpFront:
 
     async def _body(self, request: web.Request) -> bytes:
         """The whole body, refused with 413 over the limit (announced or streamed)."""
-        too_large = Refusal(
-            413, f"the request body is over {self.max_body_bytes:,} bytes, the limit of this server"
-        )
-        if request.content_length is not None and request.content_length > self.max_body_bytes:
-            raise too_large
         try:
+            if request.content_length is not None and request.content_length > self.max_body_bytes:
+                raise web.HTTPRequestEntityTooLarge(self.max_body_bytes, request.content_length)
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise too_large from None
+            limit = f"the request body is over {self.max_body_bytes:,} bytes, the limit of this server"
+            raise Refusal(413, limit) from None

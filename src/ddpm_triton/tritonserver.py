@@ -190,7 +190,7 @@ class TritonServer:
     process: subprocess.Popen | None = None
     watchdog: Watchdog | None = None
     server_restarts: list[Relaunch] = field(default_factory=list)
-    front: HttpFront | None = None
+    front: HttpFront | None = field(default=None, init=False)  # from start() to stop(), when http_front
     # Held while the process is replaced or stopped, so that stop() and wait() never see it half done.
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     _stopped: bool = field(default=False, init=False, repr=False)  # by stop(): no restart after it
